@@ -1,0 +1,123 @@
+"""Everything distributed lives here: torchrun environment, process group, DDP wrapping, collectives.
+
+SteadyVoice uses ``torchrun`` as its launcher and elastic restarter (no home-made launcher): a plain
+``steadyvoice train`` is a world of one; ``torchrun --nproc_per_node=N -m steadyvoice train ...`` sets
+RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR and this module joins the process group (gloo on CPU, NCCL on
+GPU). Other modules only see a :class:`DistContext`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+from steadyvoice.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Who this process is in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    # ---- collectives (no-ops in a world of one) ----
+    def barrier(self) -> None:
+        if self.is_distributed:
+            tdist.barrier()
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank (small picklable objects only: messages, digests)."""
+        if not self.is_distributed:
+            return obj
+        box = [obj if self.rank == src else None]
+        tdist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order."""
+        if not self.is_distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks of a float64 tensor (returns a new tensor)."""
+        values = values.detach().to(torch.float64).clone()
+        if self.is_distributed:
+            reduce_dev = self.device if self.device.type == "cuda" else torch.device("cpu")
+            values = values.to(reduce_dev)
+            tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
+            values = values.cpu()
+        return values
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank (used to stop all ranks together)."""
+        if not self.is_distributed:
+            return flag
+        t = self.all_reduce_sum(torch.tensor([1.0 if flag else 0.0]))
+        return bool(t.item() > 0)
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join the torchrun job described by the environment, or return a world of one.
+
+    ``device``: "auto" (cuda if available else cpu), "cpu" or "cuda".
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; use cpu or cuda")
+    dev = torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device("cpu")
+    if device == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not tdist.is_initialized():
+        backend = "nccl" if device == "cuda" else "gloo"
+        tdist.init_process_group(backend=backend)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def shutdown_distributed() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """DDP-wrap ``model`` when the world is larger than one (the model must already be on ctx.device)."""
+    if not ctx.is_distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DDP(model, device_ids=device_ids)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DDP / torch.compile wrappers: the one place wrapper prefixes are removed."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
