@@ -1,0 +1,83 @@
+"""``steadyvoice convert clearervoice SRC DEST``: official ClearerVoice checkpoint -> SteadyVoice model dir.
+
+Reads the ``.pt`` safely (no pickled code runs), infers the configuration from the tensor shapes, checks
+every weight, and writes DEST/model.safetensors + DEST/config.json (with the source file's name and
+SHA-256). A non-empty DEST that is not already a SteadyVoice model directory is left alone unless
+``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+from steadyvoice.errors import CheckpointError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("convert", help="convert a checkpoint of another toolkit into a model directory",
+                                   description="Convert a checkpoint of another toolkit into a SteadyVoice model "
+                                               "directory (model.safetensors + config.json).")
+    formats = parser.add_subparsers(dest="source_format", metavar="FORMAT")
+    formats.required = True
+    cv = formats.add_parser("clearervoice", help="ClearerVoice-Studio MossFormer2_SE .pt checkpoint",
+                            description="Convert a ClearerVoice-Studio MossFormer2_SE checkpoint (.pt; bare "
+                                        "state_dict or {'model': ...}, with or without DDP 'module.' prefixes).")
+    cv.add_argument("src", type=Path, help="the official .pt file")
+    cv.add_argument("dest", type=Path, help="output model directory")
+    cv.add_argument("--sample-rate", type=int, default=48000,
+                    help="sample rate the model was trained at (not stored in the weights; default 48000)")
+    cv.add_argument("--hop-length", type=int, default=None,
+                    help="STFT hop in samples (not stored in the weights; default win_length/5, 384 at 48 kHz)")
+    cv.add_argument("--overwrite", action="store_true",
+                    help="write into DEST even if it is a non-empty directory that is not a SteadyVoice model")
+    cv.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from steadyvoice.models import CONFIGS, count_parameters, save_pretrained
+    from steadyvoice.models.clearervoice import load_official
+
+    dest: Path = args.dest
+    _check_destination(dest, overwrite=args.overwrite)
+    model, cfg = load_official(args.src, sample_rate=args.sample_rate, hop_length=args.hop_length)
+    source = {
+        "converted_from": "ClearerVoice-Studio",
+        "file": args.src.name,
+        "sha256": _sha256(args.src),
+    }
+    save_pretrained(model, cfg, dest, source=source)
+    name = next((n for n, c in CONFIGS.items() if c == cfg), "custom")
+    print(f"converted {args.src} -> {dest}: config {name} (sample_rate={cfg.sample_rate}, "
+          f"win_length={cfg.win_length}, hop_length={cfg.hop_length}, n_mels={cfg.n_mels}, "
+          f"model_dim={cfg.model_dim}, num_blocks={cfg.num_blocks}), {count_parameters(model):,} parameters")
+    return 0
+
+
+def _check_destination(dest: Path, *, overwrite: bool) -> None:
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise CheckpointError(f"{dest}: exists and is not a directory; choose another DEST")
+    if overwrite or not any(dest.iterdir()):
+        return
+    from steadyvoice.errors import ModelError
+    from steadyvoice.models import read_model_config
+
+    try:
+        read_model_config(dest)  # an existing model directory is simply replaced
+    except ModelError:
+        raise CheckpointError(f"{dest}: is a non-empty directory that is not a SteadyVoice model; choose an "
+                              "empty or new DEST, or pass --overwrite to write into it anyway") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return digest.hexdigest()

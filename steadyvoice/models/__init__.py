@@ -1,0 +1,262 @@
+"""Models: named configurations, construction, and the inference-model directory format.
+
+An exported (inference) model is a directory::
+
+    model_dir/model.safetensors   every weight, keyed by our module names
+    model_dir/config.json         {"format": "steadyvoice-model", "format_version": 1,
+                                   "architecture": "mossformer2-se", "config": {...}, "source": {...}}
+
+:func:`save_pretrained` writes both files atomically (weights first, config.json last);
+:func:`load_pretrained` refuses anything that does not fit exactly (a missing, extra or mis-shaped weight
+is a :class:`~steadyvoice.errors.ModelError` naming the key). Official ClearerVoice ``.pt`` checkpoints
+are imported by :mod:`steadyvoice.models.clearervoice` (``steadyvoice convert clearervoice``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from steadyvoice.config import from_dict, to_dict
+from steadyvoice.errors import ConfigError, ModelError
+from steadyvoice.models.mossformer2 import MossFormer2SE, MossFormer2SEConfig
+
+__all__ = [
+    "MossFormer2SEConfig",
+    "MossFormer2SE",
+    "CONFIGS",
+    "get_config",
+    "build_model",
+    "save_pretrained",
+    "load_pretrained",
+    "load_model",
+    "count_parameters",
+    "load_state_dict_strict",
+    "read_model_config",
+    "MODEL_FORMAT",
+    "MODEL_FORMAT_VERSION",
+    "ARCHITECTURE",
+]
+
+MODEL_FORMAT = "steadyvoice-model"
+MODEL_FORMAT_VERSION = 1
+ARCHITECTURE = "mossformer2-se"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+CONFIGS: dict[str, MossFormer2SEConfig] = {
+    # ClearerVoice-Studio's MossFormer2_SE_48K (55,262,154 trainable parameters + 16 fixed rotary frequencies).
+    "mossformer2-se-48k": MossFormer2SEConfig(),
+    # The reduced configuration of the parity vectors: same signal setup, model_dim 64, 2 blocks (0.8 M).
+    "mossformer2-se-48k-small": MossFormer2SEConfig(model_dim=64, num_blocks=2),
+    # A 16 kHz variant of the same small size (32 ms window, 8 ms hop, 40 mel bins) for quick experiments.
+    "mossformer2-se-16k-small": MossFormer2SEConfig(sample_rate=16000, win_length=512, hop_length=128, n_mels=40,
+                                                    model_dim=64, num_blocks=2),
+}
+
+
+def get_config(name: str) -> MossFormer2SEConfig:
+    """The named configuration (configs are frozen, so the registry entry itself is returned)."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ModelError(f"unknown model config {name!r}; valid names: {', '.join(CONFIGS)}") from None
+
+
+def build_model(cfg: MossFormer2SEConfig | str) -> MossFormer2SE:
+    """A freshly initialised model for ``cfg`` (a config or a registry name)."""
+    if isinstance(cfg, str):
+        cfg = get_config(cfg)
+    if not isinstance(cfg, MossFormer2SEConfig):
+        raise ModelError(f"build_model needs a MossFormer2SEConfig or a config name, got {type(cfg).__name__}")
+    return MossFormer2SE(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameter values (shared parameters once; fixed tables are buffers, not counted)."""
+    return sum(p.numel() for p in _unwrap(model).parameters())
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    from steadyvoice.train.distributed import unwrap_model  # the one place DDP / compile wrappers are removed
+
+    return unwrap_model(model)
+
+
+# ---- strict weight loading ----------------------------------------------------------------------------
+
+
+def load_state_dict_strict(
+    model: nn.Module,
+    sd: dict[str, torch.Tensor],
+    *,
+    where: str,
+    error: type[Exception] = ModelError,
+    describe: Callable[[str], str] | None = None,
+) -> None:
+    """Load ``sd`` into ``model`` only if every key and shape fits; otherwise raise ``error`` naming the key.
+
+    ``describe(key)`` renders a key for messages (e.g. with the official name next to ours).
+    Floating-point tensors of another precision are converted to the model's dtype.
+    """
+    name = describe or (lambda k: f"'{k}'")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    extra = [k for k in sd if k not in expected]
+    hint = "the weights do not belong to this model configuration"
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise error(f"{where}: weight {name(missing[0])} is missing{more}; {hint}")
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise error(f"{where}: unexpected weight {name(extra[0])}{more}; {hint}")
+    converted = {}
+    for key, want in expected.items():
+        have = sd[key]
+        if tuple(have.shape) != tuple(want.shape):
+            raise error(f"{where}: weight {name(key)} has shape {tuple(have.shape)} but the model expects "
+                        f"{tuple(want.shape)}; {hint}")
+        if not have.is_floating_point():
+            raise error(f"{where}: weight {name(key)} has dtype {have.dtype}; expected floating point")
+        converted[key] = have.to(want.dtype)
+    model.load_state_dict(converted, strict=True)
+
+
+# ---- the model directory format -----------------------------------------------------------------------
+
+
+def save_pretrained(model: nn.Module, cfg: MossFormer2SEConfig, out_dir: str | Path,
+                    source: dict | None = None) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` atomically; returns ``out_dir``.
+
+    ``source`` says where the weights come from (e.g. the converted file and its SHA-256, or a training
+    run); it must be JSON-serialisable. config.json is replaced last, so a directory whose config.json
+    exists holds complete weights.
+    """
+    from safetensors.torch import save_file
+
+    model = _unwrap(model)
+    if isinstance(model, MossFormer2SE) and model.cfg != cfg:
+        raise ModelError("save_pretrained: cfg differs from the configuration the model was built with")
+    out_dir = Path(out_dir)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "architecture": ARCHITECTURE,
+        "config": to_dict(cfg),
+        "source": dict(source or {}),
+    }
+    try:
+        text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"save_pretrained: source is not JSON-serialisable ({exc})") from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"{out_dir}: cannot create the model directory ({exc.strerror or exc})") from None
+    _atomic_write(out_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    _atomic_write(out_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    _fsync_dir(out_dir)
+    return out_dir
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with tmp.open("rb+") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_model_config(path: str | Path) -> MossFormer2SEConfig:
+    """The configuration stored in a model directory's config.json (validated)."""
+    directory = _model_dir(path)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise ModelError(f"{directory}: not a SteadyVoice model directory (no {CONFIG_FILE}); export a trained "
+                         "model or convert an official one with `steadyvoice convert clearervoice SRC DEST`")
+    try:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{config_path}: cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{config_path}: not valid JSON ({exc.msg} at line {exc.lineno}); the file is damaged, "
+                         "export or convert the model again") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelError(f"{config_path}: not a SteadyVoice model config (format {found!r}, expected "
+                         f"{MODEL_FORMAT!r})")
+    version = meta.get("format_version")
+    if version != MODEL_FORMAT_VERSION:
+        raise ModelError(f"{config_path}: unsupported format_version {version!r}; this SteadyVoice reads version "
+                         f"{MODEL_FORMAT_VERSION} (a newer model needs a newer steadyvoice)")
+    if meta.get("architecture") != ARCHITECTURE:
+        raise ModelError(f"{config_path}: unknown architecture {meta.get('architecture')!r}; expected "
+                         f"{ARCHITECTURE!r}")
+    try:
+        return from_dict(MossFormer2SEConfig, meta.get("config"), "config")
+    except ConfigError as exc:
+        raise ModelError(f"{config_path}: {exc}") from None
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tuple[MossFormer2SE, MossFormer2SEConfig]:
+    """Model directory (or a file inside it) -> (model in eval mode on ``device``, config)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = _model_dir(path)
+    cfg = read_model_config(directory)
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ModelError(f"{directory}: {WEIGHTS_FILE} is missing (config.json alone is not a model)")
+    try:
+        sd = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{weights_path}: unreadable or damaged weights file ({exc})") from None
+    model = MossFormer2SE(cfg)
+    load_state_dict_strict(model, sd, where=str(weights_path))
+    return model.to(device).eval(), cfg
+
+
+load_model = load_pretrained  # the name exported as steadyvoice.load_model
+
+
+def _model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        return path.parent
+    if not path.exists():
+        raise ModelError(f"{path}: no such model directory")
+    if not path.is_dir():
+        raise ModelError(f"{path}: not a model directory (expected a directory holding {WEIGHTS_FILE} and "
+                         f"{CONFIG_FILE}); for an official .pt use `steadyvoice convert clearervoice`")
+    return path
