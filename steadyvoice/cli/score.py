@@ -1,0 +1,97 @@
+"""``steadyvoice score --reference DIR --estimate DIR [--noisy DIR] [--metrics M ...] [--csv F] [--json F]
+[--plot F.png] [--jobs N]``
+
+Scores every estimate against the reference file of the same relative path (the extension may
+differ: ref/a/b.flac matches est/a/b.wav). Metrics: pesq_wb (16 kHz), pesq_nb (8 kHz), stoi, estoi,
+si_sdr, dnsmos (SIG, BAK, OVRL, P.808; reference-free) and composite (CSIG, CBAK, COVL); all by default.
+With --noisy, the noisy inputs are scored too and the table shows the improvement (estimate - noisy).
+Multi-channel files are scored channel by channel and the scores averaged over channels (the channel
+counts of a pair must match).
+
+A different sample rate is resampled to the reference's (with a note); a length difference up to
+--length-tolerance seconds is trimmed (with a note), a larger one is an error for that file, as are a
+missing counterpart, a silent reference and an unreadable file: each gets one ``error:`` line naming the
+file and the rest goes on. Exit code 0 if every file was scored, 1 if some failed, 2 on usage errors
+(missing or empty directory, unknown metric).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from steadyvoice.cli import EXIT_FAILED, EXIT_OK
+from steadyvoice.errors import ConfigError
+from steadyvoice.eval.metrics import METRICS, parse_metrics
+from steadyvoice.eval.score import DEFAULT_LENGTH_TOLERANCE, format_table, score_directories, write_csv, write_json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "score",
+        help="score enhanced files against references (PESQ, STOI, SI-SDR, DNSMOS, ...)",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--reference", required=True, type=Path, metavar="DIR", help="clean reference files")
+    p.add_argument("--estimate", required=True, type=Path, metavar="DIR", help="files to judge (enhanced)")
+    p.add_argument("--noisy", type=Path, metavar="DIR", help="noisy inputs, to report the improvement")
+    p.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="M",
+                   help=f"metrics, space- or comma-separated (default: all): {', '.join(METRICS)}")
+    p.add_argument("--csv", type=Path, metavar="F", help="write per-file scores to this CSV file")
+    p.add_argument("--json", type=Path, metavar="F", help="write the summary (mean, std, count) to this JSON file")
+    p.add_argument("--plot", type=Path, metavar="F.png", help="write a PNG plot of the per-file scores")
+    p.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: min(CPU count, files))")
+    p.add_argument("--length-tolerance", type=float, default=DEFAULT_LENGTH_TOLERANCE, metavar="SECONDS",
+                   help=f"largest length difference that is trimmed rather than refused "
+                        f"(default {DEFAULT_LENGTH_TOLERANCE:g} s)")
+    p.add_argument("--personalized-dnsmos", action="store_true",
+                   help="use the personalized DNSMOS model (interfering talkers count as noise)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    metrics = parse_metrics(args.metrics)
+    _check_outputs(args)
+    progress = tqdm(unit=" files", file=sys.stderr, disable=None, leave=False)  # only on a terminal
+
+    def on_row(row: dict) -> None:
+        for note in row["notes"]:
+            progress.write(f"note: {row['file']}: {note}", file=sys.stderr)
+        if row["status"] != "ok":
+            progress.write(f"error: {row['error']}", file=sys.stderr)
+        progress.update(1)
+
+    with progress:
+        result = score_directories(
+            args.reference, args.estimate, args.noisy, metrics, jobs=args.jobs,
+            length_tolerance=args.length_tolerance, personalized_dnsmos=args.personalized_dnsmos, on_row=on_row,
+        )
+    print(format_table(result.summary))
+    if args.csv:
+        write_csv(args.csv, result)
+        print(f"wrote {args.csv}")
+    if args.json:
+        write_json(args.json, result.summary)
+        print(f"wrote {args.json}")
+    if args.plot:
+        from steadyvoice.eval.plot import plot_scores
+
+        plot_scores(args.plot, result.rows, result.columns, has_noisy=result.has_noisy)
+        print(f"wrote {args.plot}")
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _check_outputs(args) -> None:
+    """Refuse unusable output paths before spending time on scoring."""
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise ConfigError(f"{args.plot}: the plot is written as PNG; give a file name ending in .png")
+    for option in ("csv", "json", "plot"):
+        path = getattr(args, option)
+        if path is not None and path.is_dir():
+            raise ConfigError(f"{path}: --{option} names a directory; give a file name")
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, not {args.jobs}")

@@ -1,0 +1,34 @@
+"""Evaluation: speech-quality metrics and directory scoring (``steadyvoice score``).
+
+```python
+from steadyvoice.eval import si_sdr, pesq_wb, pesq_nb, stoi, estoi, composite, DNSMOS, score_pair
+si_sdr(ref, est)                      # dB; ref, est: 1-D arrays of equal length
+pesq_wb(ref, est, sr)                 # resampled to 16 kHz; pesq_nb at 8 kHz; stoi/estoi via pystoi
+composite(ref, est, sr)               # {"csig", "cbak", "covl", ...} at 16 kHz
+DNSMOS()(audio, sr)                   # {"sig", "bak", "ovrl", "p808"}; sessions built once per instance
+score_pair(ref, est, sr, ["pesq_wb", "dnsmos"])   # {"pesq_wb": ..., "dnsmos_sig": ..., ...}
+result = score_directories(ref_dir, est_dir, noisy_dir, metrics, jobs=2)
+result.rows, result.summary            # per-file rows (sorted), mean/std/count + improvement
+```
+"""
+
+from steadyvoice.eval.dnsmos import DNSMOS
+from steadyvoice.eval.metrics import (
+    METRICS,
+    composite,
+    estoi,
+    metric_columns,
+    parse_metrics,
+    pesq_nb,
+    pesq_wb,
+    score_pair,
+    si_sdr,
+    stoi,
+)
+from steadyvoice.eval.score import ScoreResult, format_table, score_directories, summarize, write_csv, write_json
+
+__all__ = [
+    "METRICS", "DNSMOS", "ScoreResult", "composite", "estoi", "format_table", "metric_columns",
+    "parse_metrics", "pesq_nb", "pesq_wb", "score_directories", "score_pair", "si_sdr", "stoi",
+    "summarize", "write_csv", "write_json",
+]
