@@ -6,6 +6,7 @@ Every error is an :class:`~steadyvoice.errors.AudioError` whose message starts w
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -108,7 +109,10 @@ def write_audio(
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            sf.write(fh, data, int(sample_rate), subtype=subtype, format=fmt)
+            if fmt == "OGG":
+                fh.write(_ogg_bytes(data, int(sample_rate), subtype))
+            else:
+                _encode(fh, data, int(sample_rate), subtype, fmt)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_name, path)
@@ -120,6 +124,64 @@ def write_audio(
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
+
+
+# Containers that share a file extension: a .wav may hold plain WAV, WAVE_FORMAT_EXTENSIBLE or RF64.
+_SAME_EXTENSION = {"WAV": ("WAV", "WAVEX", "RF64")}
+
+
+def matching_format(source: AudioInfo, out_path: str | Path) -> tuple[str, str | None]:
+    """(format, subtype) to write ``out_path`` with so that it matches ``source``: a WAVEX PCM_24 file
+    stays WAVEX PCM_24. When ``out_path``'s extension names another container, that container with its
+    default subtype (None).
+    """
+    fmt = _format_for(Path(out_path))
+    if source.format in _SAME_EXTENSION.get(fmt, (fmt,)) and sf.check_format(source.format, source.subtype):
+        return source.format, source.subtype
+    return fmt, None
+
+
+# libsndfile command that turns off the PEAK chunk of float WAV/AIFF files (sndfile.h; soundfile has no
+# wrapper for it).
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050
+
+
+def _encode(fh, data: np.ndarray, sample_rate: int, subtype: str | None, fmt: str) -> None:
+    """Encode ``data`` into the open binary file ``fh``; the same samples always give the same bytes.
+
+    libsndfile stamps the PEAK chunk it adds to float WAV/AIFF files with the current time; the chunk is
+    optional (readers ignore it), so it is switched off before the first sample is written, through
+    soundfile's own libsndfile handle.
+    """
+    channels = 1 if data.ndim == 1 else data.shape[1]
+    with sf.SoundFile(fh, "w", sample_rate, channels, subtype, format=fmt) as out:
+        sf._snd.sf_command(out._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)  # 0 = SF_FALSE
+        out.write(data)
+
+
+# Serial number that every Ogg stream we write carries (the bytes "SVOG").
+OGG_STREAM_SERIAL = 0x53564F47
+
+
+def _ogg_bytes(data: np.ndarray, sample_rate: int, subtype: str | None) -> bytes:
+    """Encode ``data`` as an Ogg file whose bytes depend on the samples only.
+
+    libsndfile gives every Ogg stream a random serial number seeded from the clock, so the same samples
+    would give different bytes on every run. mutagen rewrites each page with a fixed serial and a fresh
+    page checksum; the audio packets are untouched.
+    """
+    from mutagen.ogg import OggPage  # imported here: only Ogg output needs it
+
+    encoded = io.BytesIO()
+    _encode(encoded, data, sample_rate, subtype, "OGG")
+    encoded.seek(0)
+    end = encoded.getbuffer().nbytes
+    pages = []
+    while encoded.tell() < end:
+        page = OggPage(encoded)
+        page.serial = OGG_STREAM_SERIAL
+        pages.append(page.write())
+    return b"".join(pages)
 
 
 def resample(data: np.ndarray, sr_in: int, sr_out: int, *, quality: str = "HQ") -> np.ndarray:

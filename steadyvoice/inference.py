@@ -1,0 +1,413 @@
+"""Enhancer: run a MossFormer2-SE model on audio of any rate, channel count and length.
+
+Pipeline for each channel (channels are enhanced independently, one after the other)::
+
+    audio (N,) at rate r  --soxr-->  (M,) at the model's rate  --model-->  (M,)  --soxr-->  (N,) at rate r
+
+Short inputs (up to ``one_pass_max_seconds`` = 20 s at the model's rate, like the official
+``one_time_decode_length``) go through :func:`steadyvoice.features.enhance_waveform` in one pass, as the
+official ClearerVoice decoder does; this is the path the parity vectors check. (enhance_waveform pads the
+input to whole STFT frames, so the last ``(N - win) % hop`` samples are enhanced too; the official code
+leaves them at zero.)
+
+Longer inputs are processed in overlapping windows so that the model's memory is bounded by one window
+whatever the length (a 10-minute file needs the same model memory as a 1-minute one)::
+
+    weight of window k over its W samples (window k+1 starts S samples later):
+
+       0 (margin)  | ramp up (sin^2) |           1           | ramp down (cos^2) | 0 (margin)
+    |--------------|-----------------|-----------------------|-------------------|--------------|
+    0              M                M+C                     S+M                 W-M             W
+                                                             [window k+1: margin | ramp up ...
+
+* Every window has the same length ``W`` (``window_seconds``, rounded so that STFT frames tile it
+  exactly) and starts at a multiple of the stride ``S = W - overlap`` (a multiple of the STFT hop, so the
+  windows share the frame grid of the one-pass analysis). The last window is zero-padded past the end
+  of the input and its output cut back, so no window is shorter than the others.
+* Where two windows overlap (``overlap = 2 * margin + crossfade`` samples), the ``margin`` at each
+  window's inner edge is discarded (the model sees little context there) and the middle ``crossfade``
+  samples are blended with complementary raised-cosine weights (sin^2 + cos^2 = 1), so the weights of all
+  windows sum to one at every sample and the joins have no step.
+* Defaults: ``W`` = 10 s, margin 0.5 s, crossfade 1 s (stride 8 s, 25 % extra compute).
+
+The official decoder instead uses 4 s windows with a 3 s stride and cuts hard after dropping 0.5 s at
+each edge; a hard cut between two different estimates leaves a step (a click) at every join.
+
+Inference is deterministic: eval mode, ``torch.no_grad``, no dither, channels and windows in a fixed order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from steadyvoice import audio as audio_io
+from steadyvoice.errors import AudioError, ConfigError, ModelError
+
+__all__ = [
+    "Enhancer",
+    "WindowPlan",
+    "plan_windows",
+    "crossfade_weights",
+    "overlap_add",
+    "DEFAULT_MODEL",
+    "WEIGHTS_DIR",
+]
+
+# Inputs up to this long (at the model's rate) are enhanced in one pass (official one_time_decode_length).
+ONE_PASS_MAX_SECONDS = 20.0
+# Longer inputs: window length, discarded margin at each inner window edge, crossfade length.
+WINDOW_SECONDS = 10.0
+MARGIN_SECONDS = 0.5
+CROSSFADE_SECONDS = 1.0
+
+# Accepted input sample rates and channel counts.
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 384000
+MAX_CHANNELS = 32
+
+# Name of the weights shipped with the package (steadyvoice/weights/<name>/); none are shipped yet.
+DEFAULT_MODEL = "default"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+MODEL_FILES = ("model.safetensors", "config.json")
+
+# Called after each window as progress(done, total); total counts the windows of all channels.
+ProgressCallback = Callable[[int, int], None]
+
+_HOW_TO_GET_A_MODEL = (
+    "pass a model directory (model.safetensors + config.json), e.g. one made by "
+    "`steadyvoice convert clearervoice SRC DEST` from an official checkpoint or by `steadyvoice ckpt export`"
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Windows and overlap-add (pure functions of lengths; no model)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a long signal is cut into windows. All lengths are in samples at the model's rate."""
+
+    window: int  # W: every window is exactly this long
+    stride: int  # S: distance between window starts
+    margin: int  # M: discarded at each inner window edge
+
+    def __post_init__(self):
+        overlap = self.window - self.stride
+        if not 0 < self.stride <= self.window:
+            raise ValueError(f"window stride {self.stride} must be in 1..window ({self.window})")
+        if overlap > self.stride:
+            raise ValueError(f"windows overlap by {overlap} samples, more than the stride {self.stride}")
+        if self.margin < 0 or overlap - 2 * self.margin < 1:
+            raise ValueError(f"overlap {overlap} leaves no crossfade after two margins of {self.margin}")
+
+    @property
+    def crossfade(self) -> int:
+        return self.window - self.stride - 2 * self.margin
+
+    def starts(self, length: int) -> list[int]:
+        """Start of every window covering ``length`` samples (the last one may run past the end)."""
+        count = 1 + max(0, math.ceil((length - self.window) / self.stride))
+        return [k * self.stride for k in range(count)]
+
+
+def plan_windows(
+    sample_rate: int,
+    win_length: int,
+    hop_length: int,
+    *,
+    window_seconds: float = WINDOW_SECONDS,
+    margin_seconds: float = MARGIN_SECONDS,
+    crossfade_seconds: float = CROSSFADE_SECONDS,
+) -> WindowPlan:
+    """Window plan in samples for a model with this STFT: windows tiled exactly by frames, hop-aligned stride."""
+    frames = max(1, round((window_seconds * sample_rate - win_length) / hop_length))
+    window = win_length + frames * hop_length  # (window - win) % hop == 0: no leftover samples
+    margin = round(margin_seconds * sample_rate)
+    overlap = 2 * margin + max(1, round(crossfade_seconds * sample_rate))
+    stride = hop_length * max(1, (window - overlap) // hop_length)  # overlap rounded up to the hop grid
+    try:
+        return WindowPlan(window=window, stride=stride, margin=margin)
+    except ValueError as exc:
+        raise ConfigError(
+            f"window {window_seconds} s, margin {margin_seconds} s, crossfade {crossfade_seconds} s: {exc}"
+        ) from None
+
+
+def crossfade_weights(plan: WindowPlan, first: bool, last: bool) -> np.ndarray:
+    """Weight of one window's output (W,): 0 in inner margins, raised-cosine ramps, 1 in the middle.
+
+    The fade-in of window k+1 and the fade-out of window k cover the same samples and sum to one.
+    """
+    overlap = plan.window - plan.stride
+    fade_in = np.zeros(overlap, dtype=np.float64)  # (overlap,)
+    phase = (np.arange(plan.crossfade) + 0.5) / plan.crossfade
+    fade_in[plan.margin : plan.margin + plan.crossfade] = np.sin(0.5 * np.pi * phase) ** 2
+    fade_in[plan.margin + plan.crossfade :] = 1.0
+    weights = np.ones(plan.window, dtype=np.float64)  # (W,)
+    if not first:
+        weights[:overlap] = fade_in
+    if not last:
+        weights[plan.stride :] = 1.0 - fade_in
+    return weights
+
+
+def overlap_add(
+    signal: np.ndarray,
+    plan: WindowPlan,
+    process: Callable[[np.ndarray], np.ndarray],
+    progress: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Apply ``process`` ((W,) -> (W,)) to each window of ``signal`` (N,) and blend the outputs -> (N,).
+
+    A window that runs past the end of the signal is zero-padded to W samples (only that window is copied).
+    """
+    length = signal.shape[0]
+    out = np.zeros(length, dtype=np.float32)  # (N,)
+    starts = plan.starts(length)
+    for k, start in enumerate(starts):
+        piece = signal[start : start + plan.window]  # (<= W,)
+        kept = piece.shape[0]
+        if kept < plan.window:
+            piece = np.pad(piece, (0, plan.window - kept))  # (W,)
+        enhanced = process(piece)[:kept]  # (kept,)
+        weights = crossfade_weights(plan, first=k == 0, last=k == len(starts) - 1)[:kept]
+        out[start : start + kept] += (enhanced * weights).astype(np.float32)
+        if progress is not None:
+            progress()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------------
+
+
+def _as_frames_by_channels(audio: np.ndarray, sample_rate: int, name: str, from_file: bool) -> np.ndarray:
+    """Validate ``audio`` ((N,) or (N, C), float) and return it as float32 (N, C).
+
+    ``from_file``: the layout came from a file header, so frames < channels cannot be a transposed array.
+    """
+    if not isinstance(audio, np.ndarray):
+        raise AudioError(f"{name}: expected a numpy array, got {type(audio).__name__}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise AudioError(
+            f"{name}: samples must be floating point in [-1, 1], got dtype {audio.dtype}; "
+            "for integer PCM divide by the full-scale value (e.g. int16: x / 32768)"
+        )
+    if audio.ndim not in (1, 2):
+        raise AudioError(f"{name}: expected shape (frames,) or (frames, channels), got {audio.shape}")
+    if audio.size == 0:
+        raise AudioError(f"{name}: the audio is empty (shape {audio.shape})")
+    frames_by_channels = audio.reshape(audio.shape[0], -1)  # (N, C)
+    frames, channels = frames_by_channels.shape
+    if frames < channels and not from_file:
+        raise AudioError(
+            f"{name}: shape {audio.shape} reads as {frames} frames of {channels} channels; "
+            "audio must be (frames, channels): pass audio.T if you have (channels, frames)"
+        )
+    if channels > MAX_CHANNELS:
+        raise AudioError(f"{name}: {channels} channels is more than the {MAX_CHANNELS} supported")
+    if not np.isfinite(frames_by_channels).all():
+        bad = int((~np.isfinite(frames_by_channels)).sum())
+        raise AudioError(f"{name}: {bad} samples are NaN or infinite")
+    _check_sample_rate(sample_rate, name)
+    return frames_by_channels.astype(np.float32, copy=False)
+
+
+def _check_sample_rate(sample_rate, name: str) -> None:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
+        raise AudioError(f"{name}: sample rate must be an integer number of Hz, got {sample_rate!r}")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{name}: sample rate {sample_rate} Hz is not supported "
+            f"(supported: {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz)"
+        )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> torch.device, with a clear error when CUDA is missing."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {device!r}; use cpu or cuda") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r}: CUDA is not available (no GPU, or a CPU-only torch); use cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ModelError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif resolved.type != "cpu":
+        raise ModelError(f"unsupported device {device!r}; use cpu or cuda")
+    return resolved
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding a model
+# ---------------------------------------------------------------------------------------------------
+
+
+def _model_dir_for(name_or_dir: str | Path) -> Path:
+    """The model directory that ``name_or_dir`` names, or a ModelError saying what to pass instead."""
+    path = Path(name_or_dir)
+    if path.is_dir():
+        _check_model_dir(path)
+        return path
+    if path.is_file():
+        if path.name == "model.safetensors":
+            _check_model_dir(path.parent)
+            return path.parent
+        raise ModelError(f"{path}: is a file, not a model directory; {_hint_for_file(path)}")
+    name = str(name_or_dir)
+    shipped = WEIGHTS_DIR / name
+    if name == DEFAULT_MODEL or shipped.is_dir():
+        if all((shipped / f).is_file() for f in MODEL_FILES):
+            return shipped
+        raise ModelError(f"model '{name}': SteadyVoice ships no trained weights yet; {_HOW_TO_GET_A_MODEL}")
+    from steadyvoice.models import CONFIGS
+
+    if name in CONFIGS:
+        raise ModelError(
+            f"model '{name}' is a network configuration without trained weights; {_HOW_TO_GET_A_MODEL}"
+        )
+    raise ModelError(f"{name}: no such model directory or model name; {_HOW_TO_GET_A_MODEL}")
+
+
+def _check_model_dir(path: Path) -> None:
+    missing = [f for f in MODEL_FILES if not (path / f).is_file()]
+    if not missing:
+        return
+    if (path / "manifest.json").is_file():
+        raise ModelError(
+            f"{path}: is a training checkpoint, not a model directory; "
+            "make one with `steadyvoice ckpt export` and pass that"
+        )
+    raise ModelError(f"{path}: not a model directory (missing {', '.join(missing)}); {_HOW_TO_GET_A_MODEL}")
+
+
+def _hint_for_file(path: Path) -> str:
+    if path.suffix in (".pt", ".pth", ".ckpt", ".bin") or path.name.startswith("model.ckpt"):
+        return f"convert an official ClearerVoice checkpoint first: `steadyvoice convert clearervoice {path} DEST`"
+    return _HOW_TO_GET_A_MODEL
+
+
+# ---------------------------------------------------------------------------------------------------
+# Enhancer
+# ---------------------------------------------------------------------------------------------------
+
+
+class Enhancer:
+    """Speech enhancement with a MossFormer2-SE model. Usage::
+
+        enhancer = Enhancer.from_pretrained("models/my-model", device="cpu")
+        clean = enhancer(noisy, 16000)          # (N,) or (N, C) float -> same shape, float32, same rate
+        enhancer.enhance_file("noisy.flac", "clean.flac")
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg,
+        device: str | torch.device = "cpu",
+        *,
+        one_pass_max_seconds: float = ONE_PASS_MAX_SECONDS,
+        window_seconds: float = WINDOW_SECONDS,
+        margin_seconds: float = MARGIN_SECONDS,
+        crossfade_seconds: float = CROSSFADE_SECONDS,
+    ):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg
+        self.sample_rate = int(cfg.sample_rate)
+        self.one_pass_max = round(one_pass_max_seconds * self.sample_rate)
+        self.plan = plan_windows(
+            self.sample_rate,
+            cfg.win_length,
+            cfg.hop_length,
+            window_seconds=window_seconds,
+            margin_seconds=margin_seconds,
+            crossfade_seconds=crossfade_seconds,
+        )
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", **options) -> Enhancer:
+        """Load a model directory (model.safetensors + config.json) or a shipped model by name."""
+        from steadyvoice.models import load_pretrained
+
+        model_dir = _model_dir_for(name_or_dir)
+        resolved = resolve_device(device)
+        model, cfg = load_pretrained(model_dir, resolved)
+        return cls(model, cfg, resolved, **options)
+
+    # -- arrays ---------------------------------------------------------------------------------------
+
+    def __call__(
+        self, audio: np.ndarray, sample_rate: int, *, progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """Enhance ``audio`` ((N,) or (N, C) float, any supported rate) -> same shape, float32, same rate."""
+        return self._enhance(audio, sample_rate, progress, name="audio", from_file=False)
+
+    def window_count(self, frames: int, sample_rate: int) -> int:
+        """How many model passes one channel of ``frames`` samples at ``sample_rate`` takes."""
+        model_frames = math.floor(frames * self.sample_rate / sample_rate + 0.5)  # soxr's output length
+        if model_frames <= self.one_pass_max:
+            return 1
+        return len(self.plan.starts(model_frames))
+
+    def _enhance(self, audio, sample_rate, progress, name: str, from_file: bool) -> np.ndarray:
+        frames_by_channels = _as_frames_by_channels(audio, sample_rate, name, from_file)  # (N, C)
+        frames, channels = frames_by_channels.shape
+        total = channels * self.window_count(frames, sample_rate)
+        done = 0
+
+        def step():
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        out = np.empty_like(frames_by_channels)  # (N, C)
+        for c in range(channels):
+            out[:, c] = self._enhance_channel(frames_by_channels[:, c], int(sample_rate), step)
+        return out.reshape(audio.shape)
+
+    def _enhance_channel(self, wave: np.ndarray, sample_rate: int, step: Callable[[], None]) -> np.ndarray:
+        """(N,) at ``sample_rate`` -> (N,) at ``sample_rate``."""
+        at_model_rate = audio_io.resample(wave, sample_rate, self.sample_rate)  # (M,)
+        if at_model_rate.shape[0] <= self.one_pass_max:
+            enhanced = self._one_pass(at_model_rate)
+            step()
+        else:
+            enhanced = overlap_add(at_model_rate, self.plan, self._one_pass, step)
+        return audio_io.resample_to_length(enhanced, self.sample_rate, sample_rate, wave.shape[0])
+
+    @torch.no_grad()
+    def _one_pass(self, wave: np.ndarray) -> np.ndarray:
+        """One model pass over (M,) samples at the model's rate -> (M,)."""
+        from steadyvoice.features import enhance_waveform
+
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(self.device)[None]  # (1, M)
+        y = enhance_waveform(self.model, x, self.cfg)  # (1, M)
+        return y[0].float().cpu().numpy()
+
+    # -- files ----------------------------------------------------------------------------------------
+
+    def enhance_file(
+        self, in_path: str | Path, out_path: str | Path, *, progress: ProgressCallback | None = None
+    ) -> None:
+        """Enhance an audio file into ``out_path`` (written atomically) with the input's rate, channels,
+        length and, when the extension is the same, its container and subtype (e.g. PCM_24 stays PCM_24)."""
+        in_path, out_path = Path(in_path), Path(out_path)
+        header = audio_io.info(in_path)
+        if header.channels > MAX_CHANNELS:  # refuse before reading a huge multichannel file
+            raise AudioError(f"{in_path}: {header.channels} channels is more than the {MAX_CHANNELS} supported")
+        _check_sample_rate(header.sample_rate, str(in_path))
+        samples, sample_rate = audio_io.read_audio(in_path)  # (N, C)
+        enhanced = self._enhance(samples, sample_rate, progress, name=str(in_path), from_file=True)
+        container, subtype = audio_io.matching_format(header, out_path)
+        audio_io.write_audio(out_path, enhanced, sample_rate, subtype=subtype, format=container)
