@@ -9,13 +9,16 @@ GPU). Other modules only see a :class:`DistContext`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
 
-from steadyvoice.errors import ConfigError
+from steadyvoice.errors import ConfigError, SteadyVoiceError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,25 @@ class DistContext:
             tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
             values = values.cpu()
         return values
+
+    def run_on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only and hand its result to every rank.
+
+        A SteadyVoiceError raised by ``fn`` is raised on every rank, so no rank waits forever for a rank
+        that failed (a user error found on rank 0, e.g. an unreadable file, stops the whole job cleanly).
+        """
+        if not self.is_distributed:
+            return fn()
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except SteadyVoiceError as exc:
+                error = exc
+        result, error = self.broadcast_object((result, error))
+        if error is not None:
+            raise error
+        return result
 
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any rank (used to stop all ranks together)."""

@@ -1,0 +1,119 @@
+"""Training throughput: samples/s of `steadyvoice train` on CPU, 1 and 2 processes (torchrun, gloo).
+
+Runs the real command (data mixing, DataLoader, loss, DDP, logging, the final checkpoint) on generated
+audio and reads the per-step wall-clock times from each run's log.jsonl. The first steps are warm-up and
+not counted. Ratios are against the 1-process run of the same network, measured in the same invocation.
+
+    python bench/train.py                      # tiny-cpu and the official-size network (~3-5 min on 2 cores)
+    python bench/train.py --skip-official      # tiny-cpu only (~1 min)
+
+Sizes: tiny-cpu as its recipe (16 kHz, 1 s crops, 4 per process); the official MossFormer2_SE_48K network
+(55 M parameters, 48 kHz) with 1 s crops and 1 example per process so that it fits the time budget on a
+CPU (its recipe trains 4 s crops, 4 per GPU). Samples/s counts examples of the run's crop length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from steadyvoice.audio import write_audio
+
+
+def make_corpus(root: Path, sr: int, n_clean: int = 16, seconds: float = 2.0) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    clean, noise = root / f"clean{sr}", root / f"noise{sr}"
+    clean.mkdir(parents=True)
+    noise.mkdir(parents=True)
+    t = np.arange(int(seconds * sr)) / sr
+    for i in range(n_clean):
+        x = sum(np.sin(2 * np.pi * rng.uniform(100, 250) * k * t) / k for k in range(1, 8))
+        x *= 0.55 + 0.45 * np.sin(2 * np.pi * rng.uniform(2, 5) * t)
+        write_audio(clean / f"c{i}.wav", (0.1 * x).astype(np.float32), sr)
+    for i in range(3):
+        write_audio(noise / f"n{i}.wav", (0.05 * rng.standard_normal(int(seconds * sr))).astype(np.float32), sr)
+    return clean, noise
+
+
+def run_training(name: str, procs: int, config: Path, clean: Path, noise: Path, work: Path, steps: int,
+                 extra: list[str], threads: int | None) -> Path:
+    run_dir = work / f"{name}-{procs}p-{threads or 'all'}t"
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
+                if procs > 1 else [sys.executable])
+    cmd = [*launcher, "-m", "steadyvoice", "train", "--config", str(config), "--run-dir", str(run_dir),
+           "--clean", str(clean), "--noise", str(noise), "--max-steps", str(steps), "--device", "cpu",
+           "--set", "train.log_every=1", "--set", "train.validate_every=100000", "--set", "data.valid_count=1",
+           "--set", "checkpoint.save_every=100000", "--set", "data.epoch_size=100000", *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"{name} with {procs} process(es) failed:\n{proc.stderr[-4000:]}")
+    return run_dir
+
+
+def samples_per_s(run_dir: Path, warmup: int) -> tuple[float, float]:
+    """(samples/s, seconds per step) over the steps after ``warmup``, from the logged wall-clock times."""
+    recs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["event"] == "train"]
+    first, last = train[warmup - 1], train[-1]
+    seconds = last["time"] - first["time"]
+    return (last["samples"] - first["samples"]) / seconds, seconds / (last["step"] - first["step"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny-steps", type=int, default=100)
+    ap.add_argument("--official-steps", type=int, default=4)
+    ap.add_argument("--skip-official", action="store_true")
+    ap.add_argument("--keep", type=Path, help="keep the run directories here")
+    args = ap.parse_args()
+
+    # (name, recipe, sample rate, steps, warm-up steps, batch per process, extra overrides)
+    cases = [("tiny-cpu", ROOT / "recipes" / "tiny-cpu.yaml", 16000, args.tiny_steps, 5, 4, [])]
+    if not args.skip_official:
+        cases.append(("official-48k", ROOT / "recipes" / "mossformer2-se-48k.yaml", 48000, args.official_steps, 2, 1,
+                      ["--set", "train.accumulate=1", "--set", "data.crop_seconds=1.0"]))
+    print(f"{os.cpu_count()} CPU cores; 'threads' = torch threads per process (torchrun sets 1 per process)")
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"{'network':14s} {'procs':>5s} {'threads':>7s} {'global batch':>12s} {'s/step':>8s} {'samples/s':>10s} "
+              f"{'ratio':>7s} {'vs 1p1t':>8s}")
+        for name, config, sr, steps, warmup, batch, extra in cases:
+            extra = [*extra, "--set", f"train.batch_size={batch}", "--set", "train.num_workers=1"]
+            clean, noise = make_corpus(work / name, sr)
+            # 'ratio': against the plain 1-process run (torch uses every core), measured first.
+            # 'vs 1p1t': against one process with one thread, the per-process setting torchrun uses.
+            base = base_1t = None
+            for procs, threads in ((1, None), (1, 1), (2, 1)):
+                t0 = time.perf_counter()
+                run_dir = run_training(name, procs, config, clean, noise, work, steps, extra, threads)
+                sps, sec = samples_per_s(run_dir, warmup)
+                base = base or sps
+                if threads == 1:
+                    base_1t = base_1t or sps
+                vs_1t = f"{sps / base_1t:7.2f}x" if base_1t else f"{'-':>8s}"
+                shown = str(threads or os.cpu_count())
+                print(f"{name:14s} {procs:5d} {shown:>7s} {batch * procs:12d} {sec:8.3f} {sps:10.2f} {sps / base:7.2f}x "
+                      f"{vs_1t}   (run took {time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"load average at end: {os.getloadavg()[0]:.2f} (other work on the machine skews the figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

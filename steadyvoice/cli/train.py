@@ -1,0 +1,110 @@
+"""``steadyvoice train --config FILE --run-dir DIR [--clean PATH --noise PATH] [options]``
+
+Trains MossFormer2 speech enhancement. Rerunning the same command resumes from the newest checkpoint
+in DIR that verifies; ``--restart`` starts over, ``--resume-from PATH`` picks a checkpoint, ``--init-from
+PATH`` starts a new run from weights only (a checkpoint, a run directory or an exported model).
+
+Several processes (DDP; gloo on CPU, NCCL on GPU)::
+
+    torchrun --nproc_per_node=N -m steadyvoice train --config FILE --run-dir DIR ...
+
+SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 finish the current optimizer step, save a checkpoint and exit with
+code 128 + the signal number (non-zero, so torchrun --max-restarts or a scheduler requeue continues the
+run). A second Ctrl-C aborts at once (the last committed checkpoint stays valid).
+Exit codes: 0 finished (max steps/epochs, early stop), 2 bad config/data, 128+N stopped by signal N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from steadyvoice.cli import EXIT_OK
+from steadyvoice.errors import SteadyVoiceError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a speech enhancement model (resumable, torchrun/DDP)",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="training config (YAML), e.g. recipes/tiny-cpu.yaml")
+    p.add_argument("--run-dir", required=True, type=Path, metavar="DIR", help="where config, logs and checkpoints go")
+    p.add_argument("--clean", action="append", metavar="PATH", help="clean speech: directory, audio file or list (repeatable)")
+    p.add_argument("--noise", action="append", metavar="PATH", help="noise: directory, audio file or list (repeatable)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (train.max_steps)")
+    p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (checkpoint.save_every)")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed (train.seed)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    start.add_argument("--resume-from", type=Path, metavar="PATH", help="resume from this checkpoint (or run dir)")
+    p.add_argument("--init-from", type=Path, metavar="PATH", help="fresh run starting from these weights only")
+    p.set_defaults(func=run)
+
+
+def overrides_from_args(args) -> list[str]:
+    """Command-line options as ``section.key=value`` overrides (applied after --set, so they win)."""
+    out = list(args.set)
+    if args.clean:
+        out.append(f"data.clean={json.dumps([str(p) for p in args.clean])}")
+    if args.noise:
+        out.append(f"data.noise={json.dumps([str(p) for p in args.noise])}")
+    for flag, key in (("max_steps", "train.max_steps"), ("save_every", "checkpoint.save_every"),
+                      ("seed", "train.seed"), ("device", "train.device")):
+        value = getattr(args, flag)
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out
+
+
+def run(args) -> int:
+    # Heavy imports here, not at module level: `steadyvoice --help` must stay fast.
+    from steadyvoice.data import build_training_data
+    from steadyvoice.train.config import load_train_config
+    from steadyvoice.train.distributed import init_distributed, shutdown_distributed
+    from steadyvoice.train.loop import Trainer
+    from steadyvoice.train.rundir import prepare_run_dir
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    cfg = load_train_config(args.config, overrides_from_args(args))
+    if args.init_from is not None and args.resume_from is not None:
+        raise SteadyVoiceError("--init-from starts a new run from weights; it cannot be combined with --resume-from")
+    try:
+        from steadyvoice.checkpoint import Checkpointer, load_weights
+    except ImportError as exc:
+        raise SteadyVoiceError(f"checkpoint support is unavailable in this build ({exc})") from None
+
+    dist = init_distributed(cfg.train.device)
+    try:
+        dist.run_on_main(lambda: prepare_run_dir(args.run_dir, cfg, restart=args.restart))
+        # Rank 0 scans every file once (errors before training, on every rank alike) and shares the lists.
+        data = dist.run_on_main(lambda: build_training_data(
+            cfg.data, sample_rate=cfg.model.resolve().sample_rate, seed=cfg.train.seed,
+            valid_batch_size=cfg.train.valid_batch_size or cfg.train.batch_size))
+        trainer = Trainer(cfg, data, dist, run_dir=args.run_dir, console=dist.is_main)
+        checkpointer = Checkpointer(args.run_dir, cfg.checkpoint, dist, resume_from=args.resume_from,
+                                    restart=args.restart)
+        init = None
+        if args.init_from is not None:
+            init_path = args.init_from
+
+            def init(model):
+                return load_weights(model, init_path)
+
+        reason = trainer.fit(checkpointer, init_weights=init)
+    finally:
+        shutdown_distributed()
+    if reason == "signal":
+        name = trainer.stop_signal or "SIGTERM"  # ranks that did not get the signal stopped with the others
+        if dist.is_main:
+            print(f"stopped by {name} at step {trainer.step}; rerun the same command to continue", file=sys.stderr)
+        return 128 + int(getattr(signal, name))
+    return EXIT_OK

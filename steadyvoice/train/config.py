@@ -1,0 +1,192 @@
+"""The training config: one typed dataclass per section, parsed strictly from YAML.
+
+```yaml
+model: {name: mossformer2-se-48k, overrides: {model_dim: 64}}   # a registry name + field overrides
+data: {...}                                                      # steadyvoice.data.config.DataConfig
+optim: {name: adam, lr: 5.0e-4, ...}
+schedule: {kind: plateau, patience: 5, ...}
+loss: {psm_weight: 1.0, si_snr_weight: 0.0}
+train: {batch_size: 4, accumulate: 2, ...}
+checkpoint: {save_every: 1000, ...}                              # steadyvoice.checkpoint.config.CheckpointConfig
+```
+Unknown keys and bad values are ConfigErrors naming the key path. The resolved config is written to
+``run_dir/config.yaml``; resuming with a different one is refused unless only the keys in
+:data:`MAY_CHANGE_ON_RESUME` differ.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from steadyvoice.checkpoint.config import CheckpointConfig
+from steadyvoice.config import from_dict, from_yaml, load_yaml_file, to_dict
+from steadyvoice.data.config import DataConfig
+from steadyvoice.errors import ConfigError
+
+# Keys that may differ between the config in the run directory and the one a resumed run is started
+# with: they change what happens from now on, never the meaning of what was already trained. Every key
+# of the sections in MAY_CHANGE_SECTIONS may change too. Everything else (model, data, optimizer, loss,
+# batch, seed, ...) must stay as it was.
+MAY_CHANGE_ON_RESUME = (
+    "train.max_steps", "train.max_epochs", "train.log_every", "train.validate_every", "train.num_workers",
+    "train.device", "schedule.stop_patience", "schedule.max_halvings",
+)
+MAY_CHANGE_SECTIONS = ("checkpoint",)
+
+
+@dataclass
+class ModelSection:
+    name: str = "mossformer2-se-48k"  # a named config of steadyvoice.models
+    overrides: dict[str, Any] = field(default_factory=dict)  # MossFormer2SEConfig fields to change
+
+    def resolve(self):
+        """The MossFormer2SEConfig this section describes (ConfigError naming model.overrides.<key>)."""
+        from steadyvoice.errors import ModelError
+        from steadyvoice.models import get_config  # lazy: the config module must not import torch
+
+        try:
+            base = get_config(self.name)
+        except ModelError as exc:
+            raise ConfigError(f"model.name: {exc}") from None
+        return from_dict(type(base), {**to_dict(base), **self.overrides}, path="model.overrides")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0  # applied to weight matrices only; biases and norm gains use 0
+    max_grad_norm: float = 10.0  # gradient clipping; 0 = off
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr}: must be positive")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas={list(self.betas)}: each must be in [0, 1)")
+        if self.eps <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("optim.eps must be positive; optim.weight_decay and optim.max_grad_norm not negative")
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 0  # linear warmup from lr/warmup_steps to lr
+    kind: Literal["constant", "plateau"] = "plateau"  # plateau: reload best + halve, early stopping
+    monitor: Literal["loss", "si_sdr"] = "loss"  # validation metric (loss: lower is better; si_sdr: higher)
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+    patience: int = 5  # validations without improvement before "reload best weights and halve the LR"
+    factor: float = 0.5  # LR multiplier at each plateau
+    stop_patience: int = 10  # validations without improvement before stopping
+    max_halvings: int = 0  # stop instead of a further halving past this many; 0 = no limit
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.patience < 1 or self.stop_patience < 1 or self.max_halvings < 0:
+            raise ValueError("schedule.warmup_steps/max_halvings must be >= 0; schedule.patience/stop_patience >= 1")
+        if not 0.0 < self.factor < 1.0:
+            raise ValueError(f"schedule.factor={self.factor}: must be in (0, 1)")
+        if self.min_delta < 0:
+            raise ValueError(f"schedule.min_delta={self.min_delta}: must not be negative")
+
+
+@dataclass
+class LossConfig:
+    psm_weight: float = 1.0  # official loss: magnitude-weighted phase-sensitive-mask MSE
+    psm_ratio: Literal["l2", "l1"] = "l2"  # the official code's default is l2 (|S|^2/|Y|^2 * cos)
+    si_snr_weight: float = 0.0  # negative SI-SNR of the resynthesised waveform
+
+    def __post_init__(self) -> None:
+        if self.psm_weight < 0 or self.si_snr_weight < 0 or self.psm_weight + self.si_snr_weight == 0:
+            raise ValueError("loss.psm_weight and loss.si_snr_weight must be >= 0 and not both 0")
+
+
+@dataclass
+class RunConfig:
+    batch_size: int = 4  # per process
+    accumulate: int = 1  # micro-batches per optimizer step
+    max_steps: int = 0  # optimizer steps; 0 = no limit
+    max_epochs: int = 100
+    validate_every: int = 0  # optimizer steps between validations; 0 = at the end of every epoch
+    valid_batch_size: int = 0  # 0 = batch_size
+    log_every: int = 10
+    num_workers: int = 2  # DataLoader worker processes (results do not depend on it)
+    autocast: Literal["none", "bf16", "fp16"] = "none"  # fp16 (with GradScaler) needs CUDA
+    seed: int = 777
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "accumulate", "max_epochs", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}={getattr(self, name)}: must be at least 1")
+        for name in ("max_steps", "validate_every", "valid_batch_size", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name}={getattr(self, name)}: must not be negative")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Parse a YAML config with ``section.key=value`` overrides; also checks the model section resolves."""
+    cfg = from_yaml(TrainConfig, path, overrides)
+    try:
+        cfg.model.resolve()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg
+
+
+def config_to_yaml_dict(cfg: TrainConfig) -> dict:
+    """Plain data for config.yaml (JSON round trip so tuples become lists exactly as YAML reads them back)."""
+    return json.loads(json.dumps(to_dict(cfg)))
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Key paths whose values differ between two config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(changed_keys(a, b, path + "."))
+        elif a != b:
+            out.append(path)
+    return out
+
+
+def check_resume_config(run_config_path: Path, cfg: TrainConfig) -> list[str]:
+    """Compare ``cfg`` with the config saved in a run directory.
+
+    Returns the allowed keys that changed (for a log line); raises ConfigError naming every other one.
+    """
+    old = load_yaml_file(run_config_path)
+    diffs = changed_keys(old, config_to_yaml_dict(cfg))
+    allowed = [k for k in diffs if k in MAY_CHANGE_ON_RESUME or k.split(".", 1)[0] in MAY_CHANGE_SECTIONS]
+    refused = [k for k in diffs if k not in allowed]
+    if refused:
+        details = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(config_to_yaml_dict(cfg), k)!r})" for k in refused)
+        raise ConfigError(
+            f"{run_config_path}: this run was started with a different config; changed: {details}. "
+            "Resume with the original settings, start a new run directory, or pass --restart to start over "
+            f"(keys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)}, checkpoint.*)"
+        )
+    return allowed
+
+
+def _get(d: dict, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d

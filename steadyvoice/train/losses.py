@@ -1,0 +1,55 @@
+"""Training losses and the validation metric. Every function returns one value per example, shape (B,).
+
+- :func:`psm_mse`: ClearerVoice-Studio's loss for MossFormer2_SE_48K, a phase-sensitive-mask MSE weighted
+  by the noisy magnitude. Their formula (train/speech_enhancement/losses, ``psm_loss``), re-derived here:
+  target mask M = |S|^2/|Y|^2 * cos(angle(Y) - angle(S)) ("l2" ratio, their default; "l1" uses |S|/|Y|),
+  clamped to [0, 1]; weight w = |Y| / max over frequency of |Y| (per frame); loss = 0.5 * sum over
+  (t, f) of w * (mask - M)^2, divided by the number of frames (their division by B*T is our batch mean).
+- :func:`neg_si_snr`: minus the scale-invariant SNR (dB) of a waveform against its reference.
+- :func:`si_sdr`: the same quantity as a metric (higher is better), used for validation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-6  # the official code's EPS for the PSM target and weights
+SI_EPS = 1e-8
+
+
+def psm_mse(mask: torch.Tensor, noisy_spec: torch.Tensor, clean_spec: torch.Tensor, ratio: str = "l2") -> torch.Tensor:
+    """Magnitude-weighted phase-sensitive-mask MSE.
+
+    mask: predicted real mask (B, T, F); noisy_spec, clean_spec: complex STFTs (B, F, T). Returns (B,).
+    """
+    noisy_abs = noisy_spec.abs()  # (B, F, T)
+    clean_abs = clean_spec.abs()
+    # cos of the phase difference, computed from unit phasors like the official code
+    cos = (noisy_spec.real * clean_spec.real + noisy_spec.imag * clean_spec.imag) / (
+        (noisy_abs + EPS) * (clean_abs + EPS))
+    if ratio == "l2":
+        target = clean_abs**2 / (noisy_abs**2 + EPS) * cos
+    elif ratio == "l1":
+        target = clean_abs / (noisy_abs + EPS) * cos
+    else:
+        raise ValueError(f"unknown PSM ratio {ratio!r}; use 'l2' or 'l1'")
+    target = target.clamp(0.0, 1.0).transpose(1, 2)  # (B, T, F)
+    weight = noisy_abs / (noisy_abs.amax(dim=1, keepdim=True) + EPS)  # per-frame max over frequency
+    weight = weight.transpose(1, 2)  # (B, T, F)
+    err = (mask.float() - target) ** 2 * weight
+    return 0.5 * err.sum(dim=(1, 2)) / mask.shape[1]
+
+
+def si_sdr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Scale-invariant SDR in dB of (B, N) waveforms against their references -> (B,)."""
+    estimate = estimate.float() - estimate.float().mean(dim=-1, keepdim=True)
+    reference = reference.float() - reference.float().mean(dim=-1, keepdim=True)
+    scale = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + SI_EPS)
+    target = scale * reference
+    noise = estimate - target
+    return 10 * torch.log10(target.pow(2).sum(-1) / (noise.pow(2).sum(-1) + SI_EPS) + SI_EPS)
+
+
+def neg_si_snr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Loss form of SI-SNR (lower is better) -> (B,)."""
+    return -si_sdr(estimate, reference)

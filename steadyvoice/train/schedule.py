@@ -1,0 +1,131 @@
+"""Learning-rate schedule and early stopping: two small classes with JSON state dicts.
+
+:class:`LRSchedule` sets the LR of EVERY parameter group to ``initial_lr * warmup(step) * scale``, where
+``scale`` is the product of all plateau factors applied so far. It owns no optimizer state, so restoring
+it is just loading two numbers and calling :meth:`apply` (no ``last_epoch``/``initial_lr`` traps of
+torch.optim.lr_scheduler; the checkpoint still finds ``initial_lr`` in every param group).
+
+:class:`EarlyStopping` watches the validation metric: it reports an improvement, a plateau (``patience``
+validations without improvement -> the trainer reloads the best weights and calls :meth:`LRSchedule.
+decay`), or a stop (``stop_patience`` validations without improvement, or a plateau past
+``max_halvings``). The counter of bad validations is not reset by a plateau (ClearerVoice's rule:
+halve after 5 bad epochs, stop after 10).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from steadyvoice.train.config import ScheduleConfig
+
+
+class LRSchedule:
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int):
+        self.optimizer = optimizer
+        self.warmup_steps = warmup_steps
+        self.step = 0  # optimizer steps taken
+        self.scale = 1.0  # product of plateau factors
+        self.decays = 0
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.apply()
+
+    def warmup_factor(self) -> float:
+        if self.warmup_steps <= 0 or self.step >= self.warmup_steps:
+            return 1.0
+        return (self.step + 1) / self.warmup_steps  # the first step already uses lr / warmup_steps
+
+    def apply(self) -> None:
+        """Write the LR of the next step into every param group."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * self.warmup_factor() * self.scale
+
+    def advance(self) -> None:
+        """Call after each optimizer step."""
+        self.step += 1
+        self.apply()
+
+    def decay(self, factor: float) -> None:
+        """Multiply the LR of every param group by ``factor`` from now on."""
+        self.scale *= factor
+        self.decays += 1
+        self.apply()
+
+    def lrs(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "scale": self.scale, "decays": self.decays, "warmup_steps": self.warmup_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.scale = float(state["scale"])
+        self.decays = int(state["decays"])
+        self.apply()
+
+
+@dataclass
+class Decision:
+    improved: bool
+    plateau: bool  # reload the best weights and decay the LR
+    stop: bool
+    reason: str = ""
+
+
+class EarlyStopping:
+    def __init__(self, cfg: ScheduleConfig):
+        self.cfg = cfg
+        self.best: float | None = None
+        self.best_step = -1
+        self.bad = 0  # validations since the last improvement
+        self.plateaus = 0
+        self.stopped = False
+        self.reason = ""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.cfg.monitor == "si_sdr"
+
+    def is_improvement(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        delta = value - self.best if self.higher_is_better else self.best - value
+        return delta > self.cfg.min_delta
+
+    def update(self, value: float, step: int) -> Decision:
+        """Record validation ``value`` at ``step``; says whether to decay or stop."""
+        if self.is_improvement(value):
+            self.best, self.best_step, self.bad = float(value), step, 0
+            return Decision(improved=True, plateau=False, stop=False)
+        self.bad += 1
+        if self.cfg.kind != "plateau":
+            return Decision(improved=False, plateau=False, stop=False)
+        if self.bad >= self.cfg.stop_patience:
+            return self._stop(f"no improvement in {self.bad} validations (schedule.stop_patience)")
+        if self.bad % self.cfg.patience == 0:
+            if self.cfg.max_halvings and self.plateaus >= self.cfg.max_halvings:
+                return self._stop(f"plateau after {self.plateaus} LR decays (schedule.max_halvings)")
+            self.plateaus += 1
+            return Decision(improved=False, plateau=True, stop=False)
+        return Decision(improved=False, plateau=False, stop=False)
+
+    def _stop(self, reason: str) -> Decision:
+        self.stopped, self.reason = True, reason
+        return Decision(improved=False, plateau=False, stop=True, reason=reason)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "plateaus": self.plateaus,
+                "stopped": self.stopped, "reason": self.reason, "monitor": self.cfg.monitor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = None if state["best"] is None else float(state["best"])
+        self.best_step = int(state["best_step"])
+        self.bad = int(state["bad"])
+        self.plateaus = int(state["plateaus"])
+        self.stopped = bool(state["stopped"])
+        self.reason = str(state.get("reason", ""))
