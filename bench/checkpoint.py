@@ -1,0 +1,148 @@
+"""Checkpoint benchmark: the official-size MossFormer2_SE_48K (55 M parameters) with Adam state.
+
+    python bench/checkpoint.py [--repeats 3] [--dir /path/on/the/training/disk]
+
+Measured in the same process, same file system, warm page cache:
+
+* blocked: time the training loop waits in ``Checkpointer.save`` (async: host copy + snapshot only)
+  against a synchronous ``torch.save`` of the same state (the loop waits for all of it);
+* full save: ``save`` until the checkpoint is committed (written, fsync'ed, renamed, retention done);
+* load: ``load_checkpoint`` (read + SHA-256 of every file + parse) against plain reading of the same
+  files, and against ``torch.load`` of the torch.save file.
+
+Prints the medians and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class BenchTrainer:
+    """The Trainer <-> Checkpointer protocol around the official network and Adam (state after one step)."""
+
+    def __init__(self):
+        from steadyvoice.models import build_model, count_parameters
+
+        torch.manual_seed(0)
+        self.model = build_model("mossformer2-se-48k")
+        self.num_parameters = count_parameters(self.model)
+        params = list(self.model.named_parameters())
+        self.names = [n for n, _ in params]
+        self.optimizer = torch.optim.Adam([p for _, p in params], lr=5e-4, foreach=False)
+        for _, p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        self.step = 1
+
+    def param_names(self):
+        return list(self.names)
+
+    def state_dict(self):
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": {"step": self.step, "scale": 1.0, "decays": 0, "warmup_steps": 0},
+            "early_stopping": {"best": None, "bad": 0},
+            "data": {"epoch": 0, "consumed": 8 * self.step},
+            "progress": {"epoch": 0, "step": self.step},
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "scaler": {},
+        }
+
+    def load_state_dict(self, sd):
+        self.model.load_state_dict(sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+
+
+def stats(times: list[float]) -> tuple[float, float]:
+    return statistics.median(times), min(times)
+
+
+def main(argv=None) -> int:
+    from steadyvoice.checkpoint import Checkpointer
+    from steadyvoice.checkpoint.api import load_checkpoint
+    from steadyvoice.checkpoint.config import CheckpointConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.dir))
+    try:
+        trainer = BenchTrainer()
+        print(f"model: mossformer2-se-48k, {trainer.num_parameters:,} parameters; Adam state; torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads; writing to {work}")
+        ckpt = Checkpointer(work / "run", CheckpointConfig(keep_last=2, async_save=True))
+        torch_file = work / "state.pt"
+        t = {k: [] for k in ("blocked", "full", "torch", "torch_fsync", "read", "load", "torch_load", "restore")}
+
+        def timed(key, fn):
+            t0 = time.perf_counter()
+            fn()
+            t[key].append(time.perf_counter() - t0)
+
+        def torch_save_fsync():
+            with open(torch_file, "wb") as fh:
+                torch.save(trainer.state_dict(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        # Interleaved, so that both sides of each ratio see the same machine conditions.
+        for _ in range(args.repeats):
+            trainer.step += 1
+            t0 = time.perf_counter()
+            ckpt.save(trainer, reason="bench")
+            t["blocked"].append(time.perf_counter() - t0)
+            ckpt.close()
+            t["full"].append(time.perf_counter() - t0)
+            timed("torch", lambda: torch.save(trainer.state_dict(), torch_file))
+            timed("torch_fsync", torch_save_fsync)
+            last = ckpt.last_saved
+            timed("read", lambda last=last: [p.read_bytes() for p in sorted(last.iterdir())])
+            timed("load", lambda last=last: load_checkpoint(last))
+            timed("torch_load", lambda: torch.load(torch_file, map_location="cpu", weights_only=False))
+            timed("restore", lambda: Checkpointer(work / "run", CheckpointConfig()).restore(trainer))
+        size = sum(p.stat().st_size for p in ckpt.last_saved.iterdir())
+        m = {k: stats(v) for k, v in t.items()}
+        print("blocked per save: " + ", ".join(f"{x:.3f}" for x in t["blocked"]))
+
+        def both(key):
+            return f"{m[key][0]:.3f} s (min {m[key][1]:.3f})"
+
+        def ratio(a, b):
+            return f"{m[a][0] / m[b][0]:.2f}x (mins: {m[a][1] / m[b][1]:.2f}x)"
+
+        print(f"checkpoint size: {size / 1e6:.0f} MB (torch.save file: {torch_file.stat().st_size / 1e6:.0f} MB)")
+        print(f"save, blocked in the training loop (async: host copy): {both('blocked')}")
+        print(f"   synchronous torch.save: {both('torch')} -> torch.save / blocked = {ratio('torch', 'blocked')}")
+        print(f"   torch.save + fsync:     {both('torch_fsync')} -> (torch.save + fsync) / blocked = {ratio('torch_fsync', 'blocked')}")
+        print(f"save, full (serialised, SHA-256, written, fsync'ed, renamed): {both('full')} = "
+              f"{ratio('full', 'torch_fsync')} torch.save + fsync")
+        print(f"load + verify (read, SHA-256 of every file, parse): {both('load')}")
+        print(f"   plain read of the same files: {both('read')} -> {ratio('load', 'read')}")
+        print(f"   torch.load of the torch.save file: {both('torch_load')} -> {ratio('load', 'torch_load')}")
+        print(f"full restore into model + optimizer (verify, validate, load_state_dict): {both('restore')}")
+        print(f"(medians and minima of {args.repeats} interleaved repeats; warm page cache; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

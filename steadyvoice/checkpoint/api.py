@@ -1,0 +1,334 @@
+"""Reading checkpoints: verified load, path resolution, listing, inspection, weights-only loading, export.
+
+PATH arguments accept a checkpoint directory (``.../checkpoints/step-00001234``), a run directory (its
+newest checkpoint that verifies) or the ``checkpoints/`` directory itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steadyvoice.checkpoint.format import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    REQUIRED_FILES,
+    STATE_FILE,
+    STATE_TENSORS_FILE,
+    CorruptCheckpointError,
+    Problem,
+    VerifyReport,
+    check_state_json,
+    parse_step_dir_name,
+    read_manifest,
+    read_verified,
+    verify_dir,
+)
+from steadyvoice.checkpoint.state import Content, check_model_keys, parse_tensors
+from steadyvoice.checkpoint.store import CheckpointStore, Entry, parallel_map
+from steadyvoice.errors import CheckpointError
+
+log = logging.getLogger("steadyvoice.checkpoint")
+
+CHECKPOINTS_DIR = "checkpoints"
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_checkpoint(ckpt_dir: str | Path) -> Content:
+    """Read one checkpoint, checking every file's size and SHA-256 before its bytes are parsed."""
+    ckpt_dir = Path(ckpt_dir)
+    manifest = read_manifest(ckpt_dir)
+    # Files are read and hashed in parallel: file reads and hashlib's SHA-256 release the GIL.
+    blobs = parallel_map(lambda name: read_verified(ckpt_dir, manifest, name), list(REQUIRED_FILES), workers=2)
+    raw = dict(zip(REQUIRED_FILES, blobs))
+    state = check_state_json(ckpt_dir / STATE_FILE, raw[STATE_FILE])
+    if state.get("step") != manifest.step:
+        raise CorruptCheckpointError([Problem(ckpt_dir / STATE_FILE, f"says step {state.get('step')}, manifest.json says {manifest.step}")])
+    return Content(
+        path=ckpt_dir,
+        digest=manifest.digest,
+        step=manifest.step,
+        state=state,
+        model=parse_tensors(ckpt_dir / MODEL_FILE, raw.pop(MODEL_FILE)),
+        optimizer=parse_tensors(ckpt_dir / OPTIMIZER_FILE, raw.pop(OPTIMIZER_FILE)),
+        tensors=parse_tensors(ckpt_dir / STATE_TENSORS_FILE, raw.pop(STATE_TENSORS_FILE)),
+    )
+
+
+def load_model_tensors(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """Only model.safetensors of a checkpoint (verified)."""
+    manifest = read_manifest(ckpt_dir)
+    return parse_tensors(ckpt_dir / MODEL_FILE, read_verified(ckpt_dir, manifest, MODEL_FILE))
+
+
+@dataclass
+class Skipped:
+    path: Path
+    problems: list[Problem]
+
+
+def newest_loadable(store: CheckpointStore) -> tuple[Content | None, list[Skipped]]:
+    """The newest checkpoint of ``store`` that verifies and loads, and every newer one that did not."""
+    skipped: list[Skipped] = []
+    for entry in reversed(store.entries()):
+        if not entry.committed:
+            skipped.append(Skipped(entry.path, entry.problems))
+            continue
+        try:
+            return load_checkpoint(entry.path), skipped
+        except CorruptCheckpointError as exc:
+            skipped.append(Skipped(entry.path, exc.problems))
+    return None, skipped
+
+
+def none_valid_error(where: Path, skipped: list[Skipped]) -> CheckpointError:
+    details = "; ".join(str(p) for s in skipped for p in s.problems)
+    return CheckpointError(
+        f"{where}: checkpoints exist but none verifies ({details}). Refusing to start from scratch: restore "
+        "the damaged files, point --resume-from at a good checkpoint, or pass --restart to start over "
+        "(existing checkpoints are moved aside, not deleted)"
+    )
+
+
+# ------------------------------------------------------------------------------------------ paths
+def is_checkpoint_dir(path: Path) -> bool:
+    return (path / MANIFEST_FILE).exists() or parse_step_dir_name(path.name) is not None
+
+
+def store_of(path: Path) -> CheckpointStore | None:
+    """The checkpoint store of a run directory or of a ``checkpoints/`` directory, else None."""
+    if (path / CHECKPOINTS_DIR).is_dir():
+        return CheckpointStore(path / CHECKPOINTS_DIR)
+    if path.is_dir() and any(parse_step_dir_name(c.name) is not None for c in path.iterdir()):
+        return CheckpointStore(path)
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory for PATH (a checkpoint dir, or a run dir's newest checkpoint that verifies)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    if is_checkpoint_dir(path):
+        return path
+    store = store_of(path)
+    if store is None:
+        raise CheckpointError(f"{path}: neither a checkpoint directory (no {MANIFEST_FILE}) nor a run directory (no {CHECKPOINTS_DIR}/)")
+    for entry in reversed(store.entries()):
+        problems = entry.problems if not entry.committed else verify_dir(entry.path).problems
+        if not problems:
+            return entry.path
+        log.warning("skipping %s: %s", entry.path, "; ".join(str(p) for p in problems))
+    if not store.entries():
+        raise CheckpointError(f"{path}: the run directory has no checkpoints yet")
+    raise CheckpointError(f"{path}: no checkpoint in it verifies (run `steadyvoice ckpt verify {path}` for details)")
+
+
+# ------------------------------------------------------------------------------------------ listing
+@dataclass
+class CheckpointInfo:
+    """One row of ``steadyvoice ckpt list``."""
+
+    path: Path
+    step: int
+    valid: bool
+    problems: list[Problem]
+    epoch: Any = None
+    created: str | None = None
+    size: int = 0
+    is_best: bool = False
+    reason: str | None = None
+    metrics: dict | None = None
+    markers: tuple[str, ...] = ()
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for child in path.iterdir():
+        try:
+            total += child.stat().st_size if child.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def list_checkpoints(path: str | Path, verify: bool = True) -> list[CheckpointInfo]:
+    """Every checkpoint directory of a run (oldest first); ``verify`` hashes every file."""
+    path = Path(path)
+    store = store_of(path) if not is_checkpoint_dir(path) else None
+    if store is None:
+        if is_checkpoint_dir(path):
+            entries = [_entry_of(path)]
+        else:
+            raise CheckpointError(f"{path}: not a run directory (no {CHECKPOINTS_DIR}/) nor a checkpoint directory")
+    else:
+        entries = store.entries()
+    rows = []
+    for e in entries:
+        problems = list(e.problems)
+        if e.committed and verify:
+            problems = verify_dir(e.path).problems
+        info = e.manifest.info if e.manifest else {}
+        rows.append(
+            CheckpointInfo(
+                path=e.path, step=e.step, valid=e.committed and not problems, problems=problems,
+                epoch=info.get("epoch"), created=info.get("created"), size=_dir_size(e.path),
+                is_best=bool(info.get("is_best")), reason=info.get("reason"), metrics=info.get("metrics"),
+            )
+        )
+    valid = [r for r in rows if r.valid]
+    best = [r for r in valid if r.is_best]
+    for r in rows:
+        marks = []
+        if valid and r is valid[-1]:
+            marks.append("last")
+        if best and r is best[-1]:
+            marks.append("best")
+        r.markers = tuple(marks)
+    return rows
+
+
+def _entry_of(ckpt_dir: Path) -> Entry:
+    """The listing entry of one checkpoint directory (the same checks as CheckpointStore.entries)."""
+    step = parse_step_dir_name(ckpt_dir.name)
+    if step is not None and ckpt_dir.parent.is_dir():
+        for entry in CheckpointStore(ckpt_dir.parent).entries():
+            if entry.path.name == ckpt_dir.name:
+                return entry
+    try:
+        manifest = read_manifest(ckpt_dir)
+        return Entry(manifest.step, ckpt_dir, manifest)
+    except CorruptCheckpointError as exc:
+        return Entry(-1, ckpt_dir, None, exc.problems)
+
+
+def verify_checkpoint(path: str | Path) -> list[VerifyReport]:
+    """Full verification of a checkpoint directory, or of every checkpoint of a run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    if is_checkpoint_dir(path):
+        entries = [_entry_of(path)]
+    else:
+        store = store_of(path)
+        if store is None:
+            raise CheckpointError(f"{path}: neither a checkpoint directory (no {MANIFEST_FILE}) nor a run directory (no {CHECKPOINTS_DIR}/)")
+        entries = store.entries()
+        if not entries:
+            raise CheckpointError(f"{path}: no checkpoints to verify")
+    return [verify_dir(e.path) if e.committed else VerifyReport(e.path, None, e.problems) for e in entries]
+
+
+def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A summary of one checkpoint (JSON-able): step, epoch, lr per group, world size, validity, ..."""
+    ckpt = resolve_checkpoint(path)
+    report = verify_dir(ckpt)
+    out: dict[str, Any] = {"path": str(ckpt), "valid": report.valid, "problems": [str(p) for p in report.problems]}
+    sizes = {}
+    for child in sorted(ckpt.iterdir()):
+        if child.is_file():
+            sizes[child.name] = child.stat().st_size
+    out["sizes"] = sizes
+    out["total_size"] = sum(sizes.values())
+    if report.manifest is not None:
+        out["step"] = report.manifest.step
+        out["digest"] = report.manifest.digest
+        out.update({k: report.manifest.info.get(k) for k in ("epoch", "created", "reason", "is_best", "metrics", "world_size")})
+    try:
+        state = check_state_json(ckpt / STATE_FILE, (ckpt / STATE_FILE).read_bytes())
+    except (CorruptCheckpointError, OSError):
+        return out
+    groups = state.get("optimizer", {}).get("param_groups", [])
+    out["param_groups"] = [
+        {
+            "lr": _plain(g.get("hyperparameters", {}).get("lr")),
+            "initial_lr": _plain(g.get("hyperparameters", {}).get("initial_lr")),
+            "num_params": len(g.get("params", [])),
+        }
+        for g in groups
+    ]
+    out["lr"] = [g["lr"] for g in out["param_groups"]]
+    out["versions"] = state.get("versions")
+    trainer = state.get("trainer", {})
+    for key in ("progress", "data", "schedule", "early_stopping"):
+        if key in trainer:
+            out[key] = trainer[key]
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return None if isinstance(value, dict) else value  # tensor-valued hyperparameters are not shown
+
+
+# ------------------------------------------------------------------------------------------ weights only
+def load_weights(model: torch.nn.Module, path: str | Path) -> str:
+    """Load model weights only (``--init-from``), strictly; returns a description of the source for the log.
+
+    PATH: a checkpoint directory, a run directory (its newest valid checkpoint) or an exported model
+    directory (model.safetensors + config.json). Every key and shape must fit.
+    """
+    from steadyvoice.train.distributed import unwrap_model
+
+    path = Path(path)
+    model = unwrap_model(model)
+    if path.is_dir() and (path / "config.json").is_file() and (path / MODEL_FILE).is_file() and not is_checkpoint_dir(path):
+        from safetensors.torch import load as st_load
+
+        try:
+            sd = st_load((path / MODEL_FILE).read_bytes())
+        except Exception as exc:
+            raise CheckpointError(f"{path / MODEL_FILE}: unreadable or damaged weights file ({exc})") from None
+        source = f"exported model {path}"
+        where = str(path / MODEL_FILE)
+    else:
+        ckpt = resolve_checkpoint(path)
+        sd = load_model_tensors(ckpt)
+        source = f"checkpoint {ckpt}"
+        where = str(ckpt / MODEL_FILE)
+    current = model.state_dict()
+    check_model_keys(sd, current, where)
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(current[k].dtype) for k, v in sd.items()}, strict=True)
+    return source
+
+
+# ------------------------------------------------------------------------------------------ export
+def model_config_of(state: dict, where: Path):
+    """The MossFormer2SEConfig a checkpoint was trained with (from the resolved config in state.json)."""
+    from steadyvoice.config import from_dict
+    from steadyvoice.errors import ConfigError
+    from steadyvoice.train.config import ModelSection
+
+    config = state.get("config")
+    if not isinstance(config, dict) or "model" not in config:
+        raise CheckpointError(f"{where}: the checkpoint holds no model config (config.model); cannot export it")
+    try:
+        return from_dict(ModelSection, config["model"], "model").resolve()
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: its model config is not valid here: {exc}") from None
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
+    """Write the inference model of a checkpoint (model.safetensors + config.json) to ``out_dir``."""
+    from steadyvoice.models import build_model, load_state_dict_strict, save_pretrained
+
+    ckpt = resolve_checkpoint(path)
+    content = load_checkpoint(ckpt)
+    cfg = model_config_of(content.state, ckpt / STATE_FILE)
+    model = build_model(cfg)
+    load_state_dict_strict(model, content.model, where=str(ckpt / MODEL_FILE), error=CheckpointError)
+    source = {
+        "kind": "steadyvoice-checkpoint",
+        "checkpoint": os.fspath(ckpt.resolve()),
+        "digest": content.digest,
+        "step": content.step,
+        "epoch": content.epoch,
+        "metrics": content.state.get("metrics"),
+    }
+    return save_pretrained(model, cfg, out_dir, source=source)

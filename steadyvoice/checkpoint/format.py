@@ -1,0 +1,324 @@
+"""The on-disk format of one checkpoint directory, and how it is verified.
+
+A checkpoint is a directory ``run_dir/checkpoints/step-00001234/`` holding::
+
+    model.safetensors       model state_dict (parameters and buffers), keyed by name
+    optimizer.safetensors   optimizer per-parameter state keyed by parameter NAME: "exp_avg/<name>", "step/<name>"
+    state.safetensors       tensor leaves of state.json (the torch/CUDA RNG byte states of every rank, ...)
+    state.json              everything else: param groups (all hyperparameters, parameter names), LR schedule,
+                            early stopping, epoch/step/data position, python/numpy RNG of every rank,
+                            GradScaler, resolved config, world size, versions, metrics, reason
+    manifest.json           written LAST: size + SHA-256 of every other file and a digest of itself
+
+``manifest.json`` is the commit marker: a directory without a valid manifest does not exist as far as
+resume is concerned. Nothing here is ever read with pickle: tensors come from safetensors, the rest is JSON.
+
+Verification (:func:`read_manifest`, :func:`verify_files`, :func:`read_verified`) reports each problem as
+a :class:`Problem` naming the file and saying what is wrong (missing, truncated, checksum mismatch, bad JSON,
+a Git-LFS pointer or a pickle in place of the data, an unknown format version) and what to do about it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steadyvoice.errors import CheckpointError
+
+FORMAT = "steadyvoice-checkpoint"
+FORMAT_VERSION = 1  # bump on incompatible layout changes; readers refuse versions they do not know
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_TENSORS_FILE = "state.safetensors"
+STATE_FILE = "state.json"
+REQUIRED_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_TENSORS_FILE, STATE_FILE)
+
+STEP_DIR_PREFIX = "step-"
+
+_LFS_POINTER_HEAD = b"version https://git-lfs.github.com/spec/"
+_HASH_CHUNK = 8 << 20
+
+
+def step_dir_name(step: int) -> str:
+    return f"{STEP_DIR_PREFIX}{step:08d}"
+
+
+def parse_step_dir_name(name: str) -> int | None:
+    """``step-00001234`` -> 1234; anything else -> None."""
+    if not name.startswith(STEP_DIR_PREFIX):
+        return None
+    digits = name[len(STEP_DIR_PREFIX) :]
+    return int(digits) if digits.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one file of a checkpoint."""
+
+    path: Path  # the file (or directory) at fault
+    message: str  # what is wrong and what to do
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint directory failed verification; ``problems`` lists every fault found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed, self-consistent ``manifest.json`` of one checkpoint."""
+
+    step: int
+    files: dict[str, FileEntry]
+    info: dict[str, Any]  # epoch, created, reason, is_best, metrics, world_size (for listing without loading)
+    digest: str  # SHA-256 of the manifest content; identifies this checkpoint (ranks agree on it under DDP)
+    format_version: int = FORMAT_VERSION
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def canonical_json(data: Any) -> bytes:
+    """Deterministic JSON bytes (sorted keys, no whitespace): what the manifest digest is computed over."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+
+def pretty_json(data: Any) -> bytes:
+    return (json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n").encode("utf-8")
+
+
+def build_manifest(step: int, files: dict[str, FileEntry], info: dict[str, Any]) -> tuple[bytes, str]:
+    """The bytes of ``manifest.json`` for ``files`` and its digest."""
+    body = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "files": {name: {"size": e.size, "sha256": e.sha256} for name, e in sorted(files.items())},
+        "info": info,
+    }
+    digest = hashlib.sha256(canonical_json(body)).hexdigest()
+    return pretty_json({**body, "digest": digest}), digest
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def describe_foreign_content(head: bytes) -> str | None:
+    """Say what a file holds when it is not what the manifest promised (from its first bytes)."""
+    if not head:
+        return "is empty (0 bytes): the write was cut short"
+    if head.startswith(_LFS_POINTER_HEAD):
+        return (
+            "is a Git-LFS pointer, not the data: run `git lfs pull` in the repository it came from "
+            "(or download the real file)"
+        )
+    # Protocol 2+ pickles start with b"\x80" + protocol byte; torch.save writes a zip archive ("PK\x03\x04").
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return (
+            "is a Python pickle, which SteadyVoice never loads (unpickling can run arbitrary code): "
+            "restore the original file"
+        )
+    if head.startswith(b"PK\x03\x04"):
+        return (
+            "is a zip archive (torch.save / pickle format), which SteadyVoice never loads (unpickling can run "
+            "arbitrary code): restore the original file"
+        )
+    return None
+
+
+def _file_head(path: Path, n: int = 64) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _bad_file_problem(path: Path, what: str) -> Problem:
+    foreign = describe_foreign_content(_file_head(path))
+    if foreign is not None:
+        return Problem(path, foreign)
+    return Problem(path, what)
+
+
+def read_manifest(ckpt_dir: Path) -> Manifest:
+    """Parse and check ``manifest.json`` (JSON, format, version, self-digest, required files).
+
+    Cheap: does not read the other files. Raises :class:`CorruptCheckpointError`.
+    """
+    path = Path(ckpt_dir) / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptCheckpointError(
+            [
+                Problem(
+                    path,
+                    "missing: the save never completed (interrupted) or the file was deleted; this directory "
+                    "is not a checkpoint (delete it, or restore the file)",
+                )
+            ]
+        ) from None
+    except OSError as exc:
+        raise CorruptCheckpointError([Problem(path, f"cannot be read ({exc.strerror})")]) from None
+    data = parse_json_bytes(path, raw, "manifest")
+    if data.get("format") != FORMAT:
+        raise CorruptCheckpointError([Problem(path, f"is not a SteadyVoice checkpoint manifest (format {data.get('format')!r})")])
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CorruptCheckpointError([_version_problem(path, version)])
+    body = {k: v for k, v in data.items() if k != "digest"}
+    digest = hashlib.sha256(canonical_json(body)).hexdigest()
+    if data.get("digest") != digest:
+        raise CorruptCheckpointError(
+            [Problem(path, "does not match its own digest: the manifest was edited or damaged; this checkpoint cannot be trusted")]
+        )
+    try:
+        step = int(data["step"])
+        files = {name: FileEntry(int(e["size"]), str(e["sha256"])) for name, e in data["files"].items()}
+        info = dict(data.get("info") or {})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CorruptCheckpointError([Problem(path, "has a malformed structure (step/files): written by a broken tool?")]) from None
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing:
+        raise CorruptCheckpointError([Problem(path, f"does not list {', '.join(missing)}: incomplete checkpoint")])
+    return Manifest(step=step, files=files, info=info, digest=digest, format_version=version)
+
+
+def _version_problem(path: Path, version: Any) -> Problem:
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        return Problem(
+            path,
+            f"format_version {version} is newer than this SteadyVoice understands ({FORMAT_VERSION}): "
+            "upgrade steadyvoice to read it",
+        )
+    return Problem(path, f"unknown format_version {version!r} (this SteadyVoice reads version {FORMAT_VERSION})")
+
+
+def parse_json_bytes(path: Path, raw: bytes, what: str) -> dict:
+    """JSON object from ``raw``; a Problem naming ``path`` (and line/column) otherwise."""
+    foreign = describe_foreign_content(raw[:64]) if raw[:1] != b"{" else None
+    if foreign is not None:
+        raise CorruptCheckpointError([Problem(path, foreign)])
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CorruptCheckpointError([Problem(path, f"is not valid UTF-8 text ({what} damaged)")]) from None
+    except json.JSONDecodeError as exc:
+        raise CorruptCheckpointError(
+            [Problem(path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); the {what} was edited or damaged")]
+        ) from None
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError([Problem(path, f"is not a JSON object ({what} damaged)")])
+    return data
+
+
+def _size_problem(path: Path, actual: int, expected: int) -> Problem:
+    if actual == 0:
+        return _bad_file_problem(path, f"is empty (0 bytes) but manifest.json says {expected} bytes: the write was cut short")
+    if actual < expected:
+        what = f"is truncated or was modified: {actual} bytes, manifest.json says {expected}"
+    else:
+        what = f"was modified or replaced: {actual} bytes, manifest.json says {expected}"
+    return _bad_file_problem(path, what)
+
+
+def _checksum_problem(path: Path) -> Problem:
+    return _bad_file_problem(
+        path, "SHA-256 checksum mismatch: the file is damaged (bit flip, partial overwrite) or was replaced"
+    )
+
+
+def verify_files(ckpt_dir: Path, manifest: Manifest) -> list[Problem]:
+    """Stream-hash every file the manifest lists; return every problem found (empty list = valid)."""
+    problems = []
+    for name, entry in sorted(manifest.files.items()):
+        path = Path(ckpt_dir) / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(Problem(path, "missing (listed in manifest.json): the file was deleted"))
+            continue
+        if size != entry.size:
+            problems.append(_size_problem(path, size, entry.size))
+            continue
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as exc:
+            problems.append(Problem(path, f"cannot be read ({exc.strerror})"))
+            continue
+        if digest != entry.sha256:
+            problems.append(_checksum_problem(path))
+    return problems
+
+
+def read_verified(ckpt_dir: Path, manifest: Manifest, name: str) -> bytes:
+    """The bytes of file ``name``, checked against the manifest before they are used."""
+    path = Path(ckpt_dir) / name
+    entry = manifest.files.get(name)
+    if entry is None:
+        raise CorruptCheckpointError([Problem(Path(ckpt_dir) / MANIFEST_FILE, f"does not list {name}")])
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptCheckpointError([Problem(path, "missing (listed in manifest.json): the file was deleted")]) from None
+    except OSError as exc:
+        raise CorruptCheckpointError([Problem(path, f"cannot be read ({exc.strerror})")]) from None
+    if len(raw) != entry.size:
+        raise CorruptCheckpointError([_size_problem(path, len(raw), entry.size)])
+    if hashlib.sha256(raw).hexdigest() != entry.sha256:
+        raise CorruptCheckpointError([_checksum_problem(path)])
+    return raw
+
+
+@dataclass
+class VerifyReport:
+    """Result of fully verifying one checkpoint directory."""
+
+    path: Path
+    manifest: Manifest | None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return self.manifest is not None and not self.problems
+
+
+def verify_dir(ckpt_dir: Path) -> VerifyReport:
+    """Manifest + every file's size and checksum + state.json readable and of a known version."""
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        manifest = read_manifest(ckpt_dir)
+    except CorruptCheckpointError as exc:
+        return VerifyReport(ckpt_dir, None, exc.problems)
+    problems = verify_files(ckpt_dir, manifest)
+    if not problems:
+        try:
+            check_state_json(ckpt_dir / STATE_FILE, (ckpt_dir / STATE_FILE).read_bytes())
+        except CorruptCheckpointError as exc:
+            problems = exc.problems
+    return VerifyReport(ckpt_dir, manifest, problems)
+
+
+def check_state_json(path: Path, raw: bytes) -> dict:
+    """Parse state.json and check its format and version."""
+    data = parse_json_bytes(path, raw, "state file")
+    if data.get("format") != FORMAT:
+        raise CorruptCheckpointError([Problem(path, f"is not a SteadyVoice checkpoint state (format {data.get('format')!r})")])
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CorruptCheckpointError([_version_problem(path, data.get("format_version"))])
+    return data
