@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import soundfile as sf
 import soxr
 
 from steadyvoice.errors import AudioError
+from steadyvoice.fileio import atomic_write
 
 # File extensions SteadyVoice reads as audio (libsndfile formats).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf", ".mp3")
@@ -105,25 +105,19 @@ def write_audio(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AudioError(f"{path.parent}: cannot create output directory ({exc.strerror})") from None
-    tmp_name = None
+
+    def encode(fh) -> None:
+        if fmt == "OGG":
+            fh.write(_ogg_bytes(data, int(sample_rate), subtype))
+        else:
+            _encode(fh, data, int(sample_rate), subtype, fmt)
+
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            if fmt == "OGG":
-                fh.write(_ogg_bytes(data, int(sample_rate), subtype))
-            else:
-                _encode(fh, data, int(sample_rate), subtype, fmt)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
+        atomic_write(path, encode)  # on any failure the temp file is removed and ``path`` is untouched
     except OSError as exc:
         raise AudioError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
         raise AudioError(f"{path}: cannot write audio ({_describe(exc)})") from None
-    finally:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
 
 
 # Containers that share a file extension: a .wav may hold plain WAV, WAVE_FORMAT_EXTENSIBLE or RF64.

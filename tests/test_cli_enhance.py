@@ -12,29 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from steadyvoice.cli import main
-from steadyvoice.models import MossFormer2SEConfig, build_model, save_pretrained
 
-TINY = MossFormer2SEConfig(sample_rate=16000, win_length=512, hop_length=128, n_mels=40, model_dim=32,
-                           num_blocks=1, query_key_dim=16, rotary_dim=8, fsmn_inner_dim=32, group_size=64)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The fixture model is tiny: one thread is faster than two and immune to a busy machine's stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-model")
-    return save_pretrained(build_model(TINY), TINY, directory, source={"kind": "test fixture, random weights"})
+# model_dir (the tiny fixture model) and one_torch_thread come from conftest.py.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tone(seconds=0.5, sr=16000, channels=1, seed=0):

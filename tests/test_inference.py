@@ -14,34 +14,13 @@ import torch
 from steadyvoice import Enhancer
 from steadyvoice.errors import AudioError, ConfigError, ModelError
 from steadyvoice.inference import WindowPlan, crossfade_weights, overlap_add, plan_windows
-from steadyvoice.models import MossFormer2SEConfig, build_model, save_pretrained
+
+from conftest import TINY  # the tiny fixture network; model_dir and one_torch_thread are conftest fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIRS = [REPO / "tests" / "data" / "reference", REPO.parent / "shared" / "reference" / "clearervoice"]
 
-# Tiny 16 kHz network: 40 ms frames would be 640 samples; this uses 32 ms / 8 ms like the 16k registry entry.
-TINY = MossFormer2SEConfig(sample_rate=16000, win_length=512, hop_length=128, n_mels=40, model_dim=32,
-                           num_blocks=1, query_key_dim=16, rotary_dim=8, fsmn_inner_dim=32, group_size=64)
-
-
-def make_tiny_model_dir(directory: Path) -> Path:
-    """Random-weight fixture model (seeded), saved like a real exported model."""
-    torch.manual_seed(0)
-    return save_pretrained(build_model(TINY), TINY, directory, source={"kind": "test fixture, random weights"})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The fixture model is tiny: one thread is faster than two and immune to a busy machine's stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ from steadyvoice.checkpoint.format import (
     step_dir_name,
 )
 from steadyvoice.errors import CheckpointError
+from steadyvoice.fileio import fsync_dir, write_all
 
 TMP_PREFIX = ".tmp-"
 REPLACED_PREFIX = ".old-"  # a committed checkpoint being replaced by a newer save of the same step
@@ -45,8 +46,6 @@ REPLACED_PREFIX = ".old-"  # a committed checkpoint being replaced by a newer sa
 # Testing hook for the fault-injection harness: seconds to sleep after each file of a save is written,
 # which widens the window in which a SIGKILL lands in the middle of a save. Never set in normal use.
 WRITE_DELAY_ENV = "STEADYVOICE_CKPT_WRITE_DELAY"
-
-_WRITE_CHUNK = 64 << 20
 
 
 @dataclass
@@ -67,22 +66,15 @@ class Entry:
         return bool(self.manifest and self.manifest.info.get("is_best"))
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_file(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to a new file and fsync it (os.write loop: a short write is continued, ENOSPC raised)."""
+    """Write ``data`` to a new file and fsync it (os.write loop: a short write is continued, ENOSPC raised).
+
+    Not an atomic replace: the file is new (O_EXCL) inside the temporary checkpoint directory, which is
+    what gets renamed into place by the commit.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data).cast("B")
-        while len(view):
-            written = os.write(fd, view[:_WRITE_CHUNK])
-            view = view[written:]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from steadyvoice.corpus import sources, tools, tts
 from steadyvoice.corpus.config import SPLITS, TTS_ENGINES, CorpusConfig
+from steadyvoice.fileio import atomic_write_text
 
 FORMAT = "steadyvoice-corpus"
 FORMAT_VERSION = 1
@@ -112,9 +112,4 @@ def write_json(path: Path, data: dict) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

@@ -7,13 +7,12 @@ global state are untouched). The PNG is written atomically.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from steadyvoice.errors import DataError
+from steadyvoice.fileio import atomic_write
 
 __all__ = ["plot_scores"]
 
@@ -65,16 +64,6 @@ def plot_scores(path: str | Path, rows: list[dict], columns: list[str], *, has_n
 def _save_png(fig, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format="png")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
     except OSError as exc:
         raise DataError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None

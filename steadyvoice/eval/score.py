@@ -22,7 +22,6 @@ import json
 import math
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +34,7 @@ from steadyvoice.audio import is_audio_path, read_audio, resample
 from steadyvoice.errors import AudioError, DataError, SteadyVoiceError
 from steadyvoice.eval.dnsmos import shared_dnsmos
 from steadyvoice.eval.metrics import METRICS, REFERENCE_FREE, metric_columns, parse_metrics, score_pair
+from steadyvoice.fileio import atomic_write_text
 
 __all__ = [
     "ScoreResult", "score_directories", "summarize", "format_table", "write_csv", "write_json",
@@ -357,20 +357,10 @@ def _cell(value: float) -> str:
 
 
 def _write_text(path: str | Path, text: str) -> None:
-    """Atomic text write: temp file in the same directory, fsync, rename."""
+    """Atomic text write (steadyvoice.fileio); an OSError becomes a DataError naming the file."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, text, newline="")
     except OSError as exc:
         raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None

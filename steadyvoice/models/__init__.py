@@ -14,17 +14,17 @@ are imported by :mod:`steadyvoice.models.clearervoice` (``steadyvoice convert cl
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from steadyvoice.config import from_dict, to_dict
 from steadyvoice.errors import ConfigError, ModelError
+from steadyvoice.fileio import atomic_write_path, atomic_write_text, fsync_dir
 from steadyvoice.models.mossformer2 import MossFormer2SE, MossFormer2SEConfig
 
 __all__ = [
@@ -161,40 +161,23 @@ def save_pretrained(model: nn.Module, cfg: MossFormer2SEConfig, out_dir: str | P
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelError(f"{out_dir}: cannot create the model directory ({exc.strerror or exc})") from None
-    _atomic_write(out_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    _atomic_write(out_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    _fsync_dir(out_dir)
+    weights, config = out_dir / WEIGHTS_FILE, out_dir / CONFIG_FILE
+    with _model_file_error(weights):
+        atomic_write_path(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    with _model_file_error(config):
+        atomic_write_text(config, text)
+    with contextlib.suppress(OSError):  # best effort, as before: both files are already fsync'ed
+        fsync_dir(out_dir)
     return out_dir
 
 
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+@contextlib.contextmanager
+def _model_file_error(path: Path) -> Iterator[None]:
+    """OSError while writing ``path`` -> ModelError naming it."""
     try:
-        write(tmp)
-        with tmp.open("rb+") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        yield
     except OSError as exc:
         raise ModelError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_model_config(path: str | Path) -> MossFormer2SEConfig:

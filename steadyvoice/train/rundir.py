@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from steadyvoice.errors import ConfigError
+from steadyvoice.fileio import atomic_write_text
 from steadyvoice.train.config import TrainConfig, check_resume_config, config_to_yaml_dict
 
 log = logging.getLogger("steadyvoice")
@@ -34,20 +33,9 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, *, restart: bool) -> list[s
             log.warning("config changed since the run started (allowed on resume): %s", ", ".join(changed))
     text = "# resolved training config, written by `steadyvoice train`\n" + yaml.safe_dump(
         config_to_yaml_dict(cfg), sort_keys=False, default_flow_style=None)
-    _atomic_write_text(path, text)
-    return changed
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return changed
+
