@@ -71,7 +71,8 @@ MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 384000
 MAX_CHANNELS = 32
 
-# Name of the weights shipped with the package (steadyvoice/weights/<name>/); none are shipped yet.
+# Name of the weights shipped with the package (steadyvoice/weights/<name>/): the default model, a 16 kHz
+# MossFormer2-SE trained by SteadyVoice with recipes/default-16k.yaml.
 DEFAULT_MODEL = "default"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODEL_FILES = ("model.safetensors", "config.json")
@@ -268,7 +269,10 @@ def _model_dir_for(name_or_dir: str | Path) -> Path:
     if name == DEFAULT_MODEL or shipped.is_dir():
         if all((shipped / f).is_file() for f in MODEL_FILES):
             return shipped
-        raise ModelError(f"model '{name}': SteadyVoice ships no trained weights yet; {_HOW_TO_GET_A_MODEL}")
+        raise ModelError(
+            f"model '{name}': its weights are missing from this installation ({shipped}); reinstall "
+            f"SteadyVoice, or {_HOW_TO_GET_A_MODEL}"
+        )
     from steadyvoice.models import CONFIGS
 
     if name in CONFIGS:

@@ -224,13 +224,14 @@ def test_output_may_not_replace_its_input(model_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "model_args, message",
     [
-        ([], "no model given and SteadyVoice ships no trained weights yet: pass --checkpoint DIR"),
-        (["--model", "default"], "model 'default': SteadyVoice ships no trained weights yet"),
+        ([], "model 'default': its weights are missing from this installation"),
+        (["--model", "default"], "model 'default': its weights are missing from this installation"),
         (["--model", "mossformer2-se-48k"], "is a network configuration without trained weights"),
         (["--checkpoint", "/nonexistent/model"], "/nonexistent/model: no such model directory or model name"),
     ],
 )
-def test_missing_model_is_a_usage_error(tmp_path, capsys, model_args, message):
+def test_missing_model_is_a_usage_error(tmp_path, capsys, monkeypatch, model_args, message):
+    monkeypatch.setattr("steadyvoice.inference.WEIGHTS_DIR", tmp_path / "weights")  # an installation without them
     good = write(tmp_path / "good.wav")
     code, lines = enhance(capsys, good, "-o", tmp_path / "out", *model_args)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

@@ -245,8 +245,10 @@ def test_bad_arrays_are_audio_errors(enhancer, audio, sr, message):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_default_and_config_names_without_weights_say_what_to_pass():
-    with pytest.raises(ModelError, match="ships no trained weights yet.*steadyvoice convert clearervoice"):
+def test_default_and_config_names_without_weights_say_what_to_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr("steadyvoice.inference.WEIGHTS_DIR", tmp_path / "weights")  # an installation without them
+    with pytest.raises(ModelError, match="'default': its weights are missing from this installation.*reinstall "
+                                         "SteadyVoice.*steadyvoice convert clearervoice"):
         Enhancer.from_pretrained("default")
     with pytest.raises(ModelError, match="'mossformer2-se-48k' is a network configuration without trained weights"):
         Enhancer.from_pretrained("mossformer2-se-48k")

@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file, directory or .scp/.txt list")
     p.add_argument("-o", "--output-dir", required=True, type=Path, metavar="OUTDIR", help="where outputs go")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="NAME", help="name of a shipped model (none are shipped yet)")
+    source.add_argument("--model", metavar="NAME", help="name of a shipped model (default: 'default', SteadyVoice's 16 kHz model)")
     source.add_argument(
         "--checkpoint",
         metavar="DIR",
@@ -94,18 +94,9 @@ def run(args) -> int:
 
 def _load_enhancer(args):
     """The Enhancer asked for, or None after printing what to pass instead."""
-    from steadyvoice.inference import DEFAULT_MODEL, MODEL_FILES, WEIGHTS_DIR, Enhancer
+    from steadyvoice.inference import DEFAULT_MODEL, Enhancer
 
-    name_or_dir = args.checkpoint or args.model
-    if name_or_dir is None:
-        if not all((WEIGHTS_DIR / DEFAULT_MODEL / f).is_file() for f in MODEL_FILES):
-            _error(
-                "no model given and SteadyVoice ships no trained weights yet: pass --checkpoint DIR, a model "
-                "directory made by `steadyvoice convert clearervoice SRC DIR` (official ClearerVoice "
-                "checkpoint) or by `steadyvoice ckpt export` (your own training run)"
-            )
-            return None
-        name_or_dir = DEFAULT_MODEL
+    name_or_dir = args.checkpoint or args.model or DEFAULT_MODEL
     try:
         return Enhancer.from_pretrained(name_or_dir, device=args.device)
     except SteadyVoiceError as exc:
