@@ -112,41 +112,10 @@ class MixingDataset(ExampleDataset):
         skipped: list[str] = []
         problems: list[str] = []
 
-        clean_file = self.clean[index % len(self.clean)]
-        clean = None
-        for _ in range(self.max_retries + 1):
-            try:
-                x, clean_offset = self._crop(clean_file, n, rng)
-            except AudioError as exc:
-                self._skip(clean_file.path, exc, key)
-                skipped.append(clean_file.path)
-                problems.append(str(exc))
-            else:
-                if power(x) > SILENT_POWER:
-                    clean = x
-                    break
-                problems.append(f"{clean_file.path}: silent crop at frame {clean_offset}")
-            clean_file = self.clean[int(rng.integers(len(self.clean)))]
-        if clean is None:
-            raise self._give_up(key, problems)
-
-        noise_file = self.noise[int(rng.integers(len(self.noise)))]
-        noise = None
-        for _ in range(self.max_retries + 1):
-            try:
-                y, noise_offset = self._noise(noise_file, n, rng)
-            except AudioError as exc:
-                self._skip(noise_file.path, exc, key)
-                skipped.append(noise_file.path)
-                problems.append(str(exc))
-            else:
-                if power(y) > SILENT_POWER:
-                    noise = y
-                    break
-                problems.append(f"{noise_file.path}: silent crop at frame {noise_offset}")
-            noise_file = self.noise[int(rng.integers(len(self.noise)))]
-        if noise is None:
-            raise self._give_up(key, problems)
+        clean, clean_file, clean_offset = self._draw_audible(
+            self.clean[index % len(self.clean)], self.clean, self._crop, n, rng, key, skipped, problems)
+        noise, noise_file, noise_offset = self._draw_audible(
+            self.noise[int(rng.integers(len(self.noise)))], self.noise, self._noise, n, rng, key, skipped, problems)
 
         # Normalise the speech level so that gain_db means the same thing for every file.
         clean = clean * np.float32(10.0 ** (cfg.speech_level_db / 20.0) / math.sqrt(power(clean)))
@@ -167,6 +136,25 @@ class MixingDataset(ExampleDataset):
             "clean_file": clean_file.path, "clean_offset": clean_offset,
             "noise_file": noise_file.path, "noise_offset": noise_offset, "skipped": skipped,
         }
+
+    def _draw_audible(self, first: AudioFile, files: list[AudioFile], read, n: int, rng: np.random.Generator,
+                      key: tuple[int, int], skipped: list[str], problems: list[str]):
+        """``read(file, n, rng)`` from ``first``; an unreadable file or a silent crop is skipped and another file
+        drawn from ``files``, at most max_retries times. Returns (samples, file, offset)."""
+        f = first
+        for _ in range(self.max_retries + 1):
+            try:
+                x, offset = read(f, n, rng)
+            except AudioError as exc:
+                self._skip(f.path, exc, key)
+                skipped.append(f.path)
+                problems.append(str(exc))
+            else:
+                if power(x) > SILENT_POWER:
+                    return x, f, offset
+                problems.append(f"{f.path}: silent crop at frame {offset}")
+            f = files[int(rng.integers(len(files)))]
+        raise self._give_up(key, problems)
 
     def _noise(self, f: AudioFile, n: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """``n`` samples of noise: a random crop, or the whole file looped when it is shorter."""
