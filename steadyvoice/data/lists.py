@@ -155,19 +155,8 @@ def scan_files(
             _listing(f"{len(silent)} {role} file(s) are silent (peak below {SILENCE_PEAK:g}); remove them from the list", silent)
         )
     _check_rates(files, role, sample_rate, resample)
-    if min_seconds > 0:
-        long_enough = [f for f in files if f.duration >= min_seconds]
-        if not long_enough:
-            longest = max(files, key=lambda f: f.duration)
-            raise DataError(
-                f"crop {min_seconds:g} s is longer than every {role} file ({len(files)} files); longest is "
-                f"{longest.duration:.2f} s ({longest.path}); lower data.crop_seconds or add longer files"
-            )
-        if len(long_enough) < len(files):
-            log.warning("%d of %d %s files are shorter than the %g s crop and are left out",
-                        len(files) - len(long_enough), len(files), role, min_seconds)
-        files = long_enough
-    return files
+    return _long_enough(files, min_seconds, f"{role} file", "files", f"{role} files", lambda f: f.path,
+                        "lower data.crop_seconds or add longer files")
 
 
 def scan_pairs(
@@ -191,18 +180,7 @@ def scan_pairs(
         out.append(AudioPair(noisy, clean))
     if mismatched:
         raise DataError(_listing(f"{len(mismatched)} pair(s) mix sample rates", mismatched))
-    if min_seconds > 0:
-        long_enough = [p for p in out if p.duration >= min_seconds]
-        if not long_enough:
-            longest = max(out, key=lambda p: p.duration)
-            raise DataError(
-                f"crop {min_seconds:g} s is longer than every pair ({len(out)} pairs); longest is "
-                f"{longest.duration:.2f} s ({longest.clean.path}); lower data.crop_seconds"
-            )
-        if len(long_enough) < len(out):
-            log.warning("%d of %d pairs are shorter than the %g s crop and are left out",
-                        len(out) - len(long_enough), len(out), min_seconds)
-        out = long_enough
+    out = _long_enough(out, min_seconds, "pair", "pairs", "pairs", lambda p: p.clean.path, "lower data.crop_seconds")
     return out
 
 
@@ -251,3 +229,20 @@ def _listing(head: str, items: list[str]) -> str:
     shown = "\n  ".join(items[:MAX_LISTED])
     more = f"\n  ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
     return f"{head}:\n  {shown}{more}"
+
+
+def _long_enough(items: list, min_seconds: float, noun: str, unit: str, plural: str, path_of, hint: str) -> list:
+    """The items at least ``min_seconds`` long (a warning counts the others); an error if none is."""
+    if min_seconds <= 0:
+        return items
+    long_enough = [it for it in items if it.duration >= min_seconds]
+    if not long_enough:
+        longest = max(items, key=lambda it: it.duration)
+        raise DataError(
+            f"crop {min_seconds:g} s is longer than every {noun} ({len(items)} {unit}); longest is "
+            f"{longest.duration:.2f} s ({path_of(longest)}); {hint}"
+        )
+    if len(long_enough) < len(items):
+        log.warning("%d of %d %s are shorter than the %g s crop and are left out",
+                    len(items) - len(long_enough), len(items), plural, min_seconds)
+    return long_enough
