@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from steadyvoice.checkpoint.checkpointer import RestoreInfo
+
 from steadyvoice.audio import write_audio
 from steadyvoice.data import build_training_data
 from steadyvoice.errors import ConfigError, DataError, SteadyVoiceError
@@ -278,11 +280,13 @@ class RecordingCheckpointer:
         self.calls: list[tuple] = []
         self.saved: list[dict] = []
         self.signal_at_step = signal_at_step
+        self.restored = None
 
     def restore(self, trainer) -> bool:
         self.calls.append(("restore", trainer.step))
         if self.saved:
             trainer.load_state_dict(copy.deepcopy(self.saved[-1]))
+            self.restored = RestoreInfo(path=Path("memory"), step=trainer.step, epoch=trainer.epoch, digest="")
             return True
         return False
 
@@ -358,7 +362,6 @@ def run_cli(*args: str) -> int:
 
 
 def test_cli_trains_resumes_and_refuses_bad_input(tmp_path, corpus, capsys):
-    pytest.importorskip("steadyvoice.checkpoint", reason="the checkpoint package (issue 4) is not there yet")
     clean, noise = corpus
     common = ["--config", str(TINY), "--clean", str(clean), "--noise", str(noise), "--save-every", "2",
               "--set", "train.num_workers=0", "--set", "data.crop_seconds=0.5", "--set", "train.log_every=1",
@@ -366,7 +369,9 @@ def test_cli_trains_resumes_and_refuses_bad_input(tmp_path, corpus, capsys):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_cli(*common, "--run-dir", str(straight), "--max-steps", "6") == 0
     assert run_cli(*common, "--run-dir", str(split), "--max-steps", "4") == 0
+    capsys.readouterr()
     assert run_cli(*common, "--run-dir", str(split), "--max-steps", "6") == 0  # resumes at step 4
+    assert f"resumed from {split / 'checkpoints' / 'step-00000004'} (step 4" in capsys.readouterr().err
     assert losses_by_step(split) == losses_by_step(straight) and len(losses_by_step(straight)) == 6
     assert [r["step"] for r in logged(split, "start")] == [0, 4]
     assert (straight / "config.yaml").is_file() and list((straight / "tensorboard").glob("events.out.tfevents.*"))

@@ -64,7 +64,6 @@ def records(run_dir: Path, event: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_process_ddp_run_logs_averaged_metrics(tmp_path):
-    pytest.importorskip("steadyvoice.checkpoint", reason="the checkpoint package (issue 4) is not there yet")
     clean, noise = make_corpus(tmp_path)
     ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "steadyvoice",
                *train_command(clean, noise, tmp_path / "ddp", batch_size=2)], tmp_path)

@@ -53,6 +53,8 @@ STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 class Checkpointer(Protocol):
     """What the loop needs from steadyvoice.checkpoint.Checkpointer (docs/DESIGN.md)."""
 
+    restored: Any  # what the last restore() loaded (path, step, epoch, ...); None when it started fresh
+
     def restore(self, trainer: Trainer) -> bool: ...
     def save(self, trainer: Trainer, *, metrics: dict, is_best: bool, reason: str) -> None: ...
     def load_best_weights(self, trainer: Trainer) -> None: ...
@@ -288,6 +290,10 @@ class Trainer:
                 "train_examples": len(self.data.train), "valid_examples": self.data.valid.count})
             if init_source:
                 logger.message(f"initial weights: {init_source}")
+            if resumed:
+                info = checkpointer.restored
+                logger.message(f"resumed from {info.path} (step {info.step}, epoch {info.epoch}; every checksum "
+                               f"verified{'; RNG re-derived for a new world size' if info.rng == 'derived' else ''})")
             done = self._finished()
             if done:
                 logger.message(f"nothing to do: the run already ended ({done})")
