@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -102,9 +103,17 @@ def run(args) -> int:
         reason = trainer.fit(checkpointer, init_weights=init)
     finally:
         shutdown_distributed()
+    code = EXIT_OK
     if reason == "signal":
         name = trainer.stop_signal or "SIGTERM"  # ranks that did not get the signal stopped with the others
         if dist.is_main:
             print(f"stopped by {name} at step {trainer.step}; rerun the same command to continue", file=sys.stderr)
-        return 128 + int(getattr(signal, name))
-    return EXIT_OK
+        code = 128 + int(getattr(signal, name))
+    if dist.is_distributed:
+        # Every checkpoint is committed and the process group is gone, but a torchrun worker sometimes aborts
+        # while the interpreter tears down torch's native threads ("terminate called without an active
+        # exception", exit -6), which torchrun reports as a failed run. Nothing is left to do: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

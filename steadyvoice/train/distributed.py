@@ -120,7 +120,13 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group together: a rank that tears gloo down while another still talks to it can
+    abort at exit ("terminate called without an active exception"), so all ranks meet at a barrier first."""
     if tdist.is_available() and tdist.is_initialized():
+        try:
+            tdist.barrier()
+        except RuntimeError:  # another rank already failed; its error is the one to report
+            pass
         tdist.destroy_process_group()
 
 
