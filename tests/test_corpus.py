@@ -100,6 +100,17 @@ def test_trim_silence_keeps_margin():
     assert len(y) == pytest.approx(SR + 2 * 0.1 * SR, abs=0.02 * SR)
 
 
+def test_highpass_removes_rumble_and_keeps_the_speech_band_in_place():
+    t = np.arange(2 * SR) / SR
+    speech_band = np.sin(2 * np.pi * 300 * t)
+    x = (0.3 * speech_band + 0.5 * np.sin(2 * np.pi * 20 * t) + 0.1).astype(np.float32)  # + rumble + DC
+    y = dsp.highpass(x, SR, 60.0)
+    core = slice(SR // 2, 3 * SR // 2)  # away from the edges
+    residual = y[core] - 0.3 * speech_band[core]
+    assert y.dtype == np.float32 and len(y) == len(x)
+    assert np.sqrt(np.mean(residual ** 2)) < 0.01  # rumble and DC gone, 300 Hz untouched and not delayed
+
+
 # ---------------------------------------------------------------- pure python: config and split tables
 
 
@@ -198,7 +209,7 @@ def test_make_mixture_matches_recorded_snr(tmp_path, with_room):
         assert 0.1 < facts["rt60_measured"] < 1.0
         audio.write_audio(tmp_path / "test/rir/r.wav", h, SR, subtype="PCM_16")
         room = "test/rir/r.wav"
-    ctx = Context(tmp_path, SR, 10 * SR, -26.0, (0.2, 1.0))
+    ctx = Context(tmp_path, SR, 10 * SR, -26.0, 60.0, (0.2, 1.0))
     row = make_mixture(MixJob("u", "s", "x", "test/noise/n.wav", room, 5.0, (0, 1)), ctx)
     assert row["reverberant"] == int(with_room)
     _check_mixture(tmp_path, row)

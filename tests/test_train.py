@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -110,6 +111,11 @@ def test_recipes_parse():
     assert (official.schedule.patience, official.schedule.stop_patience, official.data.crop_seconds) == (5, 10, 4.0)
     tiny = load_train_config(TINY).model.resolve()
     assert tiny.sample_rate == 16000 and tiny.model_dim <= 64
+    stage1 = load_train_config(ROOT / "recipes" / "default-16k.yaml")
+    stage2 = load_train_config(ROOT / "recipes" / "default-16k-finetune.yaml")
+    assert stage1.model.resolve() == stage2.model.resolve()  # the fine-tune starts from stage 1's weights
+    assert stage2.schedule.kind == "cosine"
+    assert stage2.schedule.warmup_steps + stage2.schedule.decay_steps == stage2.train.max_steps
 
 
 def test_resume_with_a_changed_config_names_the_keys(tmp_path, corpus):
@@ -187,6 +193,36 @@ def test_plateau_halves_every_group_and_keeps_counters():
     assert sched2.lrs() == pytest.approx([2.5e-4, 1e-3])
 
 
+def test_cosine_decays_every_group_after_the_warmup_and_resumes_from_its_step():
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    opt = torch.optim.AdamW([{"params": [params[0]], "lr": 1e-3}, {"params": [params[1]], "lr": 2e-3}])
+    sched = LRSchedule(opt, warmup_steps=2, decay_steps=4, min_lr_ratio=0.1)
+    seen = [sched.lrs()[0]]
+    for _ in range(8):
+        sched.advance()
+        seen.append(sched.lrs()[0])
+    # warmup 5e-4, 1e-3; then 1e-3 * (0.1 + 0.9 * (1 + cos(pi * k / 4)) / 2) for k = 0..4; then the floor
+    expected = [5e-4, 1e-3] + [1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * k / 4))) for k in range(5)] + [1e-4] * 2
+    assert seen == pytest.approx(expected)
+    assert sched.lrs()[1] == pytest.approx(2e-4)  # the second group follows at its own lr
+    again = LRSchedule(opt, warmup_steps=2, decay_steps=4, min_lr_ratio=0.1)
+    for group in opt.param_groups:
+        group["lr"] = 123.0  # whatever the optimizer holds, loading the state writes the scheduled LR
+    state = json.loads(json.dumps({**sched.state_dict(), "step": 4}))
+    again.load_state_dict(state)
+    assert again.lrs() == pytest.approx([expected[4], 2 * expected[4]])
+    # cosine only tracks the best validation: no reload, no stop
+    early = EarlyStopping(ScheduleConfig(kind="cosine", decay_steps=4, patience=1, stop_patience=1))
+    assert early.update(1.0, 1).improved
+    d = early.update(0.5, 2) if early.higher_is_better else early.update(2.0, 2)
+    assert not (d.improved or d.plateau or d.stop)
+
+
+def test_cosine_needs_decay_steps():
+    with pytest.raises(ValueError, match="decay_steps"):
+        ScheduleConfig(kind="cosine")
+
+
 def test_max_halvings_stops_instead_of_halving_again():
     early = EarlyStopping(ScheduleConfig(kind="plateau", patience=1, stop_patience=10, max_halvings=1))
     assert early.update(1.0, 1).improved
@@ -246,6 +282,25 @@ def test_state_dict_round_trip_mid_epoch_continues_like_a_straight_run(tmp_path,
     assert straight.state_dict()["schedule"] == second.state_dict()["schedule"]
     assert straight.state_dict()["early_stopping"] == second.state_dict()["early_stopping"]
     assert straight.early.plateaus >= 2  # the comparison crossed LR halvings with best-weight reloads
+
+
+def test_cosine_run_resumed_mid_decay_follows_the_same_lr_curve(tmp_path, corpus):
+    common = ("schedule.kind=cosine", "schedule.warmup_steps=1", "schedule.decay_steps=5",
+              "schedule.min_lr_ratio=0.1", "optim.name=adamw")
+    straight = make_trainer(tiny_config(corpus, "train.max_steps=6", *common), tmp_path / "straight")
+    straight.fit()
+    first = make_trainer(tiny_config(corpus, "train.max_steps=3", *common), tmp_path / "first")
+    first.fit()
+    state = copy.deepcopy(first.state_dict())  # before another Trainer re-seeds the global RNGs
+    second = make_trainer(tiny_config(corpus, "train.max_steps=6", *common), tmp_path / "second")
+    second.load_state_dict(state)
+    second.fit()
+    resumed = {**losses_by_step(tmp_path / "first"), **losses_by_step(tmp_path / "second")}
+    assert resumed == losses_by_step(tmp_path / "straight")
+    assert same_tensors(straight.model.state_dict(), second.model.state_dict())
+    lr = straight.config.optim.lr
+    assert straight.schedule.lrs()[0] == pytest.approx(lr * 0.1)  # at the floor after warmup + decay
+    assert second.schedule.lrs() == straight.schedule.lrs()
 
 
 def test_plateau_reloads_best_weights_and_halves_every_group(tmp_path, corpus):

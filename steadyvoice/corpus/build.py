@@ -79,7 +79,7 @@ def build_corpus(
 
     partial_dir = _fresh_partial(out)
     ctx = Context(partial_dir, cfg.sample_rate, round(cfg.noise_seconds * cfg.sample_rate),
-                  cfg.speech_level_dbfs, tuple(cfg.rt60))
+                  cfg.speech_level_dbfs, cfg.speech_highpass_hz, tuple(cfg.rt60))
     workers = max(1, workers or os.cpu_count() or 1)
     durations = {c.path: clip_seconds(c) for c in speech_clips + noise_clips}
 

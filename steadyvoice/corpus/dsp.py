@@ -1,4 +1,4 @@
-"""Small signal steps shared by the corpus builder: load as mono at a rate, trim silence, set levels.
+"""Small signal steps shared by the corpus builder: load as mono at a rate, high-pass, trim silence, set levels.
 
 The level and trimming functions are hand-written on numpy because no installed library does them:
 the speech level follows the idea of ITU-T P.56 (the level over *active* frames, so that pauses do
@@ -24,6 +24,14 @@ def load_mono(path: str | Path, sample_rate: int) -> np.ndarray:
     x = data.mean(axis=1).astype(np.float32)
     x = audio.resample(x, sr, sample_rate)
     return (x - np.float32(x.mean())).astype(np.float32)
+
+
+def highpass(x: np.ndarray, sample_rate: int, cutoff_hz: float) -> np.ndarray:
+    """Zero-phase 4th-order Butterworth high-pass (scipy), so speech is not shifted against its mixture."""
+    from scipy.signal import butter, sosfiltfilt
+
+    sos = butter(4, cutoff_hz, btype="highpass", fs=sample_rate, output="sos")
+    return sosfiltfilt(sos, x).astype(np.float32)
 
 
 def frame_energies_db(x: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -33,6 +33,7 @@ class Context:
     sample_rate: int
     noise_samples: int
     speech_level_dbfs: float
+    speech_highpass_hz: float  # 0 = off
     rt60: tuple[float, float]
 
 
@@ -67,6 +68,8 @@ def make_speech(job: SpeechJob, ctx: Context) -> dict:
         record.update(source=f"tts:{voice.engine}", package=voice.package, licence=voice.licence, text=job.text,
                       tts={"engine": voice.engine, "voice": voice.name, "stretch": job.rendition.stretch,
                            "pitch": job.rendition.pitch, "sox_eq": " ".join(job.rendition.eq)})
+    if ctx.speech_highpass_hz > 0:
+        x = dsp.highpass(x, sr, ctx.speech_highpass_hz)
     x = dsp.trim_silence(x, sr, margin=0.15)
     x, level = dsp.set_active_level(x, sr, ctx.speech_level_dbfs)
     audio.write_audio(ctx.root / job.path, x, sr, subtype="PCM_16")

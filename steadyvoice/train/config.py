@@ -75,17 +75,27 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = 0  # linear warmup from lr/warmup_steps to lr
-    kind: Literal["constant", "plateau"] = "plateau"  # plateau: reload best + halve, early stopping
+    # plateau: reload best + halve, early stopping; cosine: after the warmup the LR follows half a cosine
+    # from lr down to lr * min_lr_ratio over decay_steps optimizer steps, then stays there; constant: lr.
+    # cosine and constant only track the best validation (no reload, no early stop).
+    kind: Literal["constant", "plateau", "cosine"] = "plateau"
     monitor: Literal["loss", "si_sdr"] = "loss"  # validation metric (loss: lower is better; si_sdr: higher)
     min_delta: float = 0.0  # an improvement must beat the best by more than this
     patience: int = 5  # validations without improvement before "reload best weights and halve the LR"
     factor: float = 0.5  # LR multiplier at each plateau
     stop_patience: int = 10  # validations without improvement before stopping
     max_halvings: int = 0  # stop instead of a further halving past this many; 0 = no limit
+    decay_steps: int = 0  # cosine: steps from the end of the warmup to the floor (fixed for the run's life)
+    min_lr_ratio: float = 0.0  # cosine: the floor as a fraction of lr
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0 or self.patience < 1 or self.stop_patience < 1 or self.max_halvings < 0:
             raise ValueError("schedule.warmup_steps/max_halvings must be >= 0; schedule.patience/stop_patience >= 1")
+        if self.kind == "cosine" and self.decay_steps < 1:
+            raise ValueError(f"schedule.decay_steps={self.decay_steps}: kind cosine needs the number of optimizer "
+                             "steps to decay over (e.g. train.max_steps minus schedule.warmup_steps)")
+        if self.decay_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("schedule.decay_steps must be >= 0 and schedule.min_lr_ratio in [0, 1]")
         if not 0.0 < self.factor < 1.0:
             raise ValueError(f"schedule.factor={self.factor}: must be in (0, 1)")
         if self.min_delta < 0:

@@ -168,7 +168,10 @@ class Trainer:
         self.model = build_model(self.model_config).to(self.device)  # the bare model (what state_dict saves)
         self.net = wrap_model(self.model, self.dist)  # what forward/backward run through (DDP when W > 1)
         self.optimizer = self._build_optimizer()
-        self.schedule = LRSchedule(self.optimizer, cfg.schedule.warmup_steps)
+        cosine = cfg.schedule.kind == "cosine"
+        self.schedule = LRSchedule(self.optimizer, cfg.schedule.warmup_steps,
+                                   decay_steps=cfg.schedule.decay_steps if cosine else 0,
+                                   min_lr_ratio=cfg.schedule.min_lr_ratio)
         self.early = EarlyStopping(cfg.schedule)
         self.position = DataPosition()
         self._batches = None  # this rank's micro-batch iterator for the current epoch (owns the workers)

@@ -1,7 +1,8 @@
 """Learning-rate schedule and early stopping: two small classes with JSON state dicts.
 
-:class:`LRSchedule` sets the LR of EVERY parameter group to ``initial_lr * warmup(step) * scale``, where
-``scale`` is the product of all plateau factors applied so far. It owns no optimizer state, so restoring
+:class:`LRSchedule` sets the LR of EVERY parameter group to ``initial_lr * warmup(step) * cosine(step) *
+scale``, where ``scale`` is the product of all plateau factors applied so far and ``cosine`` is 1 unless
+the schedule is ``kind: cosine``. It owns no optimizer state, so restoring
 it is just loading two numbers and calling :meth:`apply` (no ``last_epoch``/``initial_lr`` traps of
 torch.optim.lr_scheduler; the checkpoint still finds ``initial_lr`` in every param group).
 
@@ -23,9 +24,12 @@ from steadyvoice.train.config import ScheduleConfig
 
 
 class LRSchedule:
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, decay_steps: int = 0,
+                 min_lr_ratio: float = 0.0):
         self.optimizer = optimizer
         self.warmup_steps = warmup_steps
+        self.decay_steps = decay_steps  # 0 = no cosine decay
+        self.min_lr_ratio = min_lr_ratio
         self.step = 0  # optimizer steps taken
         self.scale = 1.0  # product of plateau factors
         self.decays = 0
@@ -38,10 +42,17 @@ class LRSchedule:
             return 1.0
         return (self.step + 1) / self.warmup_steps  # the first step already uses lr / warmup_steps
 
+    def decay_factor(self) -> float:
+        """Half a cosine from 1 at the end of the warmup to min_lr_ratio decay_steps later, flat after."""
+        if self.decay_steps <= 0:
+            return 1.0
+        t = min(max(self.step - self.warmup_steps, 0), self.decay_steps) / self.decay_steps
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
     def apply(self) -> None:
         """Write the LR of the next step into every param group."""
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * self.warmup_factor() * self.scale
+            group["lr"] = group["initial_lr"] * self.warmup_factor() * self.decay_factor() * self.scale
 
     def advance(self) -> None:
         """Call after each optimizer step."""
@@ -58,7 +69,8 @@ class LRSchedule:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "scale": self.scale, "decays": self.decays, "warmup_steps": self.warmup_steps}
+        return {"step": self.step, "scale": self.scale, "decays": self.decays, "warmup_steps": self.warmup_steps,
+                "decay_steps": self.decay_steps, "min_lr_ratio": self.min_lr_ratio}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
