@@ -1,30 +1,39 @@
-"""Speech quality on the corpus's held-out test split: SteadyVoice against noisereduce and the noisy input.
+"""Speech quality on the corpus's held-out test split: SteadyVoice against noisereduce, RNNoise and the noisy input.
 
 Regenerates the README quality table from scratch:
 
 1. corpus: ``steadyvoice corpus OUT/corpus --hours 1 --seed 0`` (or --corpus DIR; built there if missing);
 2. its test split (test/noisy -> test/clean; speakers disjoint from training) is enhanced by
    * SteadyVoice: ``Enhancer.from_pretrained("default")`` (the shipped model) or ``--model DIR``;
-   * noisereduce (spectral gating, the peer measured in the same run): ``noisereduce.reduce_noise(y, sr)``
+   * noisereduce (spectral gating, the first peer, measured in the same run): ``noisereduce.reduce_noise(y, sr)``
      on the noisy file alone (no noise clip), with the library's defaults, i.e. its NON-STATIONARY mode
      (``stationary=False``). That is what a user calling it gets, and the test noises are mostly not
      stationary (recorded scenes, babble, clicks, hum with gain changes), which is what that mode (a noise
      threshold that follows the signal over time) is made for. It is also the better of the two here: on the test split of the 1-hour corpus
      (seed 0, noisereduce 3.0.3) non-stationary gave PESQ-WB 1.28, STOI 0.796, SI-SDR 1.9 dB against
      1.17, 0.724 and 0.2 dB for ``stationary=True``;
-3. the noisy input and both outputs are scored against test/clean with ``steadyvoice.eval``
+   * RNNoise (a small recurrent network gating bands of the spectrum, the second peer): the PyPI package
+     pyrnnoise, which bundles librnnoise with RNNoise's built-in weights (nothing is downloaded). RNNoise
+     runs at 48 kHz only, on 480-sample int16 frames: each channel is resampled to 48 kHz with soxr, fed
+     through one RNNoise state, and resampled back. Its output lags its input by 20 ms (960 samples at 48 kHz,
+     found by cross-correlating corpus clean files with their RNNoise output); that delay is removed, else
+     SI-SDR, PESQ and STOI would score a misaligned signal (SI-SDR of clean speech through RNNoise: -22.8 dB
+     without the shift, 18.2 dB with it);
+3. the noisy input and the three outputs are scored against test/clean with ``steadyvoice.eval``
    (score_directories: PESQ wb/nb, STOI, ESTOI, SI-SDR, composite CSIG/CBAK/COVL, DNSMOS);
 4. printed and written to OUT (quality.md, quality.json, one per-file CSV per system, audio under
-   OUT/audio/): a Markdown table of means over files (rows noisy, noisereduce, SteadyVoice), the ratio of
-   our figures to noisereduce's and to the noisy input's (differences for dB metrics), a per-SNR table
+   OUT/audio/): a Markdown table of means over files (rows noisy, noisereduce, RNNoise, SteadyVoice), the
+   ratio of our figures to each peer's and to the noisy input's (differences for dB metrics), a per-SNR table
    (SNRs from test/mixtures.csv) for SI-SDR and PESQ-WB, and the same table for the real-recording and the
    TTS files of the test split (from the manifest's sources; TTS sources are named "tts:...").
 
 Means are taken over the files that every system scored (a file that fails for one system is left out of
 all rows and listed). DNSMOS takes most of the time, about 1 s per clip and system: on the 1-hour
 corpus's test split (89 clips, 6 min of audio), with --jobs 1 on 2 cores shared with a training run, the
-whole benchmark took 290 s with every metric and 75 s with ``--metrics`` left without dnsmos.
-Exit code 0; 1 if some file could not be scored; 2 on a usage error (bad --model, --corpus, metric).
+whole benchmark took 290 s with every metric and 75 s with ``--metrics`` left without dnsmos, with
+noisereduce as the only peer; RNNoise adds one system to score and 19 s of enhancement (same conditions).
+Exit code 0; 1 if some file could not be scored; 2 on a usage error (bad --model, --corpus, metric, or a
+peer's package missing: ``pip install -e '.[eval]'``).
 
     python bench/quality.py                                   # builds OUT/corpus first if needed
     python bench/quality.py --corpus corpus --model /tmp/my-model --jobs 1
@@ -35,11 +44,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +58,15 @@ import numpy as np
 from steadyvoice.errors import DataError, SteadyVoiceError
 
 OUT_DIR = Path(__file__).resolve().parent / "out" / "quality"
-SYSTEMS = ("noisy", "noisereduce", "steadyvoice")
-PEER, OURS = "noisereduce", "steadyvoice"
+SYSTEMS = ("noisy", "noisereduce", "rnnoise", "steadyvoice")
+PEERS, OURS = ("noisereduce", "rnnoise"), "steadyvoice"
+COMPARISONS = (("vs_noisereduce", "noisereduce"), ("vs_rnnoise", "rnnoise"), ("vs_noisy", "noisy"))
+SHORT = {"noisy": "noisy", "noisereduce": "noisereduce", "rnnoise": "RNNoise", "steadyvoice": "SteadyVoice"}
+RNNOISE_RATE = 48000  # RNNoise works at 48 kHz only
+# RNNoise's output lags its input by 20 ms = 960 samples at 48 kHz. Measured by cross-correlating corpus
+# clean files with their RNNoise output: best lag 320 samples at 16 kHz; SI-SDR of clean through RNNoise
+# against clean is -22.8 dB unshifted and 18.2 dB with the shift. tests/test_bench_quality.py checks it.
+RNNOISE_DELAY = 960
 DB_COLUMNS = frozenset({"si_sdr"})  # compared by difference; every other column by ratio
 HEADERS = {
     "pesq_wb": "PESQ-WB", "pesq_nb": "PESQ-NB", "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)",
@@ -82,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from steadyvoice.eval import parse_metrics
 
+    check_peers()  # before any long step, like the model below
     metrics = parse_metrics(args.metrics)
     if args.limit is not None and args.limit < 1:
         raise DataError(f"--limit must be at least 1, not {args.limit}")
@@ -94,14 +113,14 @@ def run(args: argparse.Namespace) -> int:
     audio = stage(files, args.out / "audio")
     print(f"{len(files)} test files of {corpus} ({_seconds(files):.0f} s of audio)", flush=True)
 
-    started = time.monotonic()
-    enhance_steadyvoice(enhancer, files, audio / OURS)
-    timing["enhance_steadyvoice_s"] = time.monotonic() - started
-    started = time.monotonic()
-    enhance_noisereduce(files, audio / PEER)
-    timing["enhance_noisereduce_s"] = time.monotonic() - started
-    print(f"enhanced: SteadyVoice {timing['enhance_steadyvoice_s']:.1f} s, noisereduce "
-          f"{timing['enhance_noisereduce_s']:.1f} s", flush=True)
+    enhancers = {OURS: lambda out: enhance_steadyvoice(enhancer, files, out),
+                 "noisereduce": lambda out: enhance_noisereduce(files, out),
+                 "rnnoise": lambda out: enhance_rnnoise(files, out)}
+    for system, enhance in enhancers.items():
+        started = time.monotonic()
+        enhance(audio / system)
+        timing[f"enhance_{system}_s"] = time.monotonic() - started
+    print("enhanced: " + ", ".join(f"{SHORT[s]} {timing[f'enhance_{s}_s']:.1f} s" for s in enhancers), flush=True)
 
     results = {}
     for system in SYSTEMS:
@@ -186,7 +205,7 @@ def test_files(corpus: Path, limit: int | None = None) -> list[dict]:
 
 def stage(files: list[dict], audio: Path) -> Path:
     """audio/clean and audio/noisy: links to the chosen test files (so --limit reaches the scoring)."""
-    for role in ("clean", "noisy", PEER, OURS):
+    for role in ("clean", *SYSTEMS):
         shutil.rmtree(audio / role, ignore_errors=True)  # outputs of an earlier run: start from scratch
     for role in ("clean", "noisy"):
         (audio / role).mkdir(parents=True)
@@ -202,6 +221,15 @@ def _seconds(files: list[dict]) -> float:
 # ---------------------------------------------------------------------------------------------------
 # Enhancement
 # ---------------------------------------------------------------------------------------------------
+
+
+def check_peers() -> None:
+    """Fail at once if a peer's package is missing (rather than after building the corpus and enhancing)."""
+    for module, package in (("noisereduce", "noisereduce"), ("pyrnnoise.rnnoise", "pyrnnoise")):
+        try:
+            importlib.import_module(module)
+        except (ImportError, OSError) as exc:  # pyrnnoise raises OSError when its librnnoise is missing
+            raise DataError(f"the benchmark's peers need {package} ({exc}): pip install -e '.[eval]'") from None
 
 
 def load_model(name_or_dir: str):
@@ -231,20 +259,50 @@ def enhance_steadyvoice(enhancer, files: list[dict], out: Path) -> None:
 
 
 def enhance_noisereduce(files: list[dict], out: Path) -> None:
-    """noisereduce with its defaults (non-stationary spectral gating) on each noisy file, channel by channel,
-    written in the noisy file's format (as Enhancer.enhance_file does for ours)."""
+    """noisereduce with its defaults (non-stationary spectral gating) on each noisy file."""
     import noisereduce
 
+    enhance_channels(files, out, lambda y, sr: noisereduce.reduce_noise(y=y, sr=sr))
+
+
+def enhance_rnnoise(files: list[dict], out: Path) -> None:
+    """RNNoise (pyrnnoise's bundled library and weights) on each noisy file, see rnnoise_denoise."""
+    enhance_channels(files, out, rnnoise_denoise)
+
+
+def enhance_channels(files: list[dict], out: Path, denoise: Callable[[np.ndarray, int], np.ndarray]) -> None:
+    """denoise(channel (N,), sr) -> (N,) on each noisy file, channel by channel, written in the noisy file's
+    format (as Enhancer.enhance_file does for ours)."""
     from steadyvoice.audio import info, matching_format, read_audio, write_audio
 
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
         noisy, sr = read_audio(f["noisy"])  # (N, C)
-        denoised = np.stack([noisereduce.reduce_noise(y=noisy[:, c], sr=sr) for c in range(noisy.shape[1])],
-                            axis=1)  # (N, C)
+        denoised = np.stack([denoise(noisy[:, c], sr) for c in range(noisy.shape[1])], axis=1)  # (N, C)
         path = out / f["noisy"].name
         container, subtype = matching_format(info(f["noisy"]), path)
         write_audio(path, denoised, sr, subtype=subtype, format=container)
+
+
+def rnnoise_denoise(x: np.ndarray, sr: int) -> np.ndarray:
+    """RNNoise on a mono signal (N,) at rate sr: resampled to 48 kHz, fed as int16 frames through one state,
+    shifted back by RNNOISE_DELAY so that it lines up with x, resampled to sr; (N,) float32."""
+    from pyrnnoise.rnnoise import FRAME_SIZE, create, destroy, process_mono_frame
+
+    from steadyvoice.audio import resample, resample_to_length
+
+    x48 = resample(x, sr, RNNOISE_RATE)
+    frames = -(-(x48.shape[0] + RNNOISE_DELAY) // FRAME_SIZE)  # room for the delayed tail
+    padded = np.pad(x48, (0, frames * FRAME_SIZE - x48.shape[0]))
+    pcm = (np.clip(padded, -1, 1) * 32767).astype(np.int16)
+    state = create()
+    try:
+        out = np.concatenate([process_mono_frame(state, pcm[i:i + FRAME_SIZE])[0]
+                              for i in range(0, pcm.shape[0], FRAME_SIZE)])
+    finally:
+        destroy(state)
+    y48 = out.astype(np.float32)[RNNOISE_DELAY:RNNOISE_DELAY + x48.shape[0]] / 32767  # drop the 20 ms lag
+    return resample_to_length(y48, RNNOISE_RATE, sr, x.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,12 +347,14 @@ def build_report(results: dict, files: list[dict], metrics: list[str], corpus: P
         "model": model_info,
         "noisereduce": {"version": version("noisereduce"), "call": "reduce_noise(y=noisy, sr=sr)",
                         "mode": "non-stationary (library default, stationary=False)"},
+        "rnnoise": {"version": version("pyrnnoise"),
+                    "call": "pyrnnoise.rnnoise.process_mono_frame(state, int16 frame of 480), one state per channel",
+                    "mode": "48 kHz, 20 ms delay removed"},
         "metrics": metrics,
         "columns": columns,
         "subsets": {name: {"files": len(subset), "summary": summaries(subset)}
                     for name, subset in subsets.items() if subset},
-        "comparison": {name: compare(summaries(common), columns, baseline)
-                       for name, baseline in (("vs_noisereduce", PEER), ("vs_noisy", "noisy"))},
+        "comparison": {name: compare(summaries(common), columns, baseline) for name, baseline in COMPARISONS},
         "by_snr": by_snr(common, rows, columns),
         "excluded": excluded,
         "timing": timing,
@@ -327,8 +387,8 @@ def by_snr(files: list[dict], rows: dict, columns: list[str]) -> list[dict]:
 
 
 def format_report(report: dict, label: str) -> str:
-    labels = {"noisy": "noisy input", PEER: f"noisereduce {report['noisereduce']['version']} (non-stationary)",
-              OURS: label}
+    labels = {"noisy": "noisy input", "noisereduce": f"noisereduce {report['noisereduce']['version']} (non-stationary)",
+              "rnnoise": f"RNNoise (pyrnnoise {report['rnnoise']['version']})", OURS: label}
     corpus, model = report["corpus"], report["model"]
     intro = (f"Held-out test split of `steadyvoice corpus --hours {_g(corpus['hours'])} --seed {corpus['seed']}` "
              f"({corpus['test_files']} files, {corpus['test_seconds'] / 60:.1f} min; speakers unseen in "
@@ -342,12 +402,12 @@ def format_report(report: dict, label: str) -> str:
                         report["comparison"] if name == "all" else None)
         lines.append("")
     if report["by_snr"]:
-        lines += ["### By input SNR", ""] + _snr_table(report["by_snr"], labels) + [""]
+        lines += ["### By input SNR", ""] + _snr_table(report["by_snr"]) + [""]
     if report["excluded"]:
         lines.append(f"Left out (a system failed on them): {', '.join(report['excluded'])}")
     timing = report["timing"]
-    lines.append(f"Run time {timing['total_s']:.0f} s (enhancement: SteadyVoice "
-                 f"{timing['enhance_steadyvoice_s']:.1f} s, noisereduce {timing['enhance_noisereduce_s']:.1f} s).")
+    enhancement = ", ".join(f"{SHORT[s]} {timing[f'enhance_{s}_s']:.1f} s" for s in (OURS, *PEERS))
+    lines.append(f"Run time {timing['total_s']:.0f} s (enhancement: {enhancement}).")
     return "\n".join(lines)
 
 
@@ -356,17 +416,16 @@ def _table(summary: dict, columns: list[str], labels: dict, comparison: dict | N
              "|---|" + "---:|" * len(columns)]
     for s in SYSTEMS:
         lines.append(f"| {labels[s]} | " + " | ".join(_value(c, summary[s][c]["mean"]) for c in columns) + " |")
-    for name, baseline in (("vs_noisereduce", PEER), ("vs_noisy", "noisy")):
+    for name, baseline in COMPARISONS:
         if comparison is not None:
             cells = [_relative(comparison[name].get(c)) for c in columns]
             lines.append(f"| {labels[OURS]} vs {labels[baseline].split(' (')[0]} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _snr_table(table: list[dict], labels: dict) -> list[str]:
+def _snr_table(table: list[dict]) -> list[str]:
     columns = [c for c in SNR_COLUMNS if c in table[0][OURS]]
-    short = {"noisy": "noisy", PEER: "noisereduce", OURS: "SteadyVoice"}
-    header = [f"{HEADERS[c]} {short[s]}" for c in columns for s in SYSTEMS]
+    header = [f"{HEADERS[c]} {SHORT[s]}" for c in columns for s in SYSTEMS]
     lines = ["| SNR (dB) | files | " + " | ".join(header) + " |", "|---:|---:|" + "---:|" * len(header)]
     for row in table:
         cells = [_value(c, row[s][c]) for c in columns for s in SYSTEMS]

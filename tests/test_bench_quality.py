@@ -11,12 +11,14 @@ import importlib.util
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import noisereduce
 import numpy as np
 import pytest
 import torch
+from scipy.signal import correlate, correlation_lags
 
 from steadyvoice.audio import read_audio, write_audio
 from steadyvoice.errors import DataError
@@ -112,7 +114,7 @@ def test_means_equal_metrics_computed_directly_from_the_files(run, corpus):
     summary = report["subsets"]["all"]["summary"]
     assert report["subsets"]["all"]["files"] == 4 and report["excluded"] == []
     for system, directory in (("noisy", corpus / "test" / "noisy"), ("noisereduce", out / "audio" / "noisereduce"),
-                              ("steadyvoice", out / "audio" / "steadyvoice")):
+                              ("rnnoise", out / "audio" / "rnnoise"), ("steadyvoice", out / "audio" / "steadyvoice")):
         direct = scores_of(corpus, directory, si_sdr)
         assert summary[system]["si_sdr"]["mean"] == pytest.approx(np.mean(list(direct.values())), abs=1e-9)
         direct = scores_of(corpus, directory, lambda c, e: pesq_wb(c, e, SR))
@@ -124,20 +126,25 @@ def test_comparisons_are_ratios_and_db_differences_of_the_means(run):
     report = json.loads((out / "quality.json").read_text())
     summary = report["subsets"]["all"]["summary"]
     mean = {s: {c: summary[s][c]["mean"] for c in ("pesq_wb", "si_sdr")} for s in quality.SYSTEMS}
-    peer = report["comparison"]["vs_noisereduce"]
-    assert peer["pesq_wb"]["ratio"] == pytest.approx(mean["steadyvoice"]["pesq_wb"] / mean["noisereduce"]["pesq_wb"])
-    assert peer["si_sdr"]["difference_db"] == pytest.approx(mean["steadyvoice"]["si_sdr"] - mean["noisereduce"]["si_sdr"])
+    for name, baseline in (("vs_noisereduce", "noisereduce"), ("vs_rnnoise", "rnnoise")):
+        peer = report["comparison"][name]
+        assert peer["pesq_wb"]["ratio"] == pytest.approx(mean["steadyvoice"]["pesq_wb"] / mean[baseline]["pesq_wb"])
+        assert peer["si_sdr"]["difference_db"] == pytest.approx(
+            mean["steadyvoice"]["si_sdr"] - mean[baseline]["si_sdr"])
     noisy = report["comparison"]["vs_noisy"]
     assert noisy["si_sdr"]["difference_db"] == pytest.approx(mean["steadyvoice"]["si_sdr"] - mean["noisy"]["si_sdr"])
-    # The Markdown table: header, the three systems, the two comparison rows, in that order.
+    # The Markdown table: header, the four systems, the three comparison rows, in that order.
     table = text.split("### All test files (4 files)\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert table[0] == "| system | PESQ-WB | SI-SDR (dB) |"
+    ours = f"SteadyVoice ({Path(report['model']['model']).name})"
     assert [line.split(" | ")[0] for line in table[2:]] == [
-        "| noisy input", "| noisereduce 3.0.3 (non-stationary)", f"| SteadyVoice ({Path(report['model']['model']).name})",
-        f"| SteadyVoice ({Path(report['model']['model']).name}) vs noisereduce 3.0.3",
-        f"| SteadyVoice ({Path(report['model']['model']).name}) vs noisy input"]
+        "| noisy input", "| noisereduce 3.0.3 (non-stationary)", f"| RNNoise (pyrnnoise {version('pyrnnoise')})",
+        f"| {ours}", f"| {ours} vs noisereduce 3.0.3", f"| {ours} vs RNNoise", f"| {ours} vs noisy input"]
     assert table[2].endswith(f"| {mean['noisy']['pesq_wb']:.2f} | {mean['noisy']['si_sdr']:.2f} |")
-    assert table[5].endswith(f"| x{peer['pesq_wb']['ratio']:.2f} | {peer['si_sdr']['difference_db']:+.2f} dB |")
+    assert table[4].endswith(f"| {mean['rnnoise']['pesq_wb']:.2f} | {mean['rnnoise']['si_sdr']:.2f} |")
+    for row, name in ((6, "vs_noisereduce"), (7, "vs_rnnoise")):
+        peer = report["comparison"][name]
+        assert table[row].endswith(f"| x{peer['pesq_wb']['ratio']:.2f} | {peer['si_sdr']['difference_db']:+.2f} dB |")
 
 
 def test_per_snr_and_real_vs_tts_breakdowns(run, corpus):
@@ -153,6 +160,11 @@ def test_per_snr_and_real_vs_tts_breakdowns(run, corpus):
         np.mean([direct["00000_hedgewars_a"], direct["00002_hedgewars_c"]]), abs=1e-9)
     assert "### Real recordings only (2 files)" in text and "### TTS only (2 files)" in text
     assert "| 10 | 2 |" in text
+    assert ("| SNR (dB) | files | SI-SDR (dB) noisy | SI-SDR (dB) noisereduce | SI-SDR (dB) RNNoise | "
+            "SI-SDR (dB) SteadyVoice | PESQ-WB noisy |") in text
+    direct = scores_of(corpus, out / "audio" / "rnnoise", si_sdr)
+    assert report["by_snr"][0]["rnnoise"]["si_sdr"] == pytest.approx(
+        np.mean([direct["00000_hedgewars_a"], direct["00001_tts_b"]]), abs=1e-9)
 
 
 def test_noisereduce_output_is_the_library_call_on_the_noisy_file(run, corpus):
@@ -165,10 +177,43 @@ def test_noisereduce_output_is_the_library_call_on_the_noisy_file(run, corpus):
     np.testing.assert_allclose(written[:, 0], expected, atol=1 / 32768)  # PCM_16 like the noisy input
 
 
-def test_outputs_written(run):
+def test_rnnoise_output_is_rnnoise_denoise_of_the_noisy_file(run, corpus):
     _, out, _ = run
-    for name in ("quality.md", "quality.json", "noisy.csv", "noisereduce.csv", "steadyvoice.csv"):
+    name = MIXTURES[0][0]
+    noisy, sr = read_audio(corpus / "test" / "noisy" / f"{name}.wav")
+    written, written_sr = read_audio(out / "audio" / "rnnoise" / f"{name}.wav")
+    expected = quality.rnnoise_denoise(noisy[:, 0], sr)
+    assert written_sr == sr and written.shape == noisy.shape
+    assert np.abs(expected).max() > 0.01  # RNNoise passed something through
+    np.testing.assert_allclose(written[:, 0], expected, atol=1 / 32768)  # PCM_16 like the noisy input
+
+
+def lag(reference: np.ndarray, delayed: np.ndarray) -> int:
+    """The lag (samples) of delayed behind reference that maximizes their cross-correlation."""
+    lags = correlation_lags(delayed.shape[0], reference.shape[0])
+    return int(lags[np.argmax(correlate(delayed, reference))])
+
+
+def test_rnnoise_denoise_removes_rnnoise_delay(monkeypatch):
+    """Clean speech through RNNoise lines up with itself: the 20 ms (960 samples at 48 kHz) lag is removed."""
+    clean = voice(1.5, seed=0)
+    denoised = quality.rnnoise_denoise(clean, SR)
+    assert denoised.shape == clean.shape and denoised.dtype == np.float32
+    assert abs(lag(clean, denoised)) <= 1
+    # Without the shift (the library's raw output) clean is 960 / 3 = 320 samples late at 16 kHz.
+    monkeypatch.setattr(quality, "RNNOISE_DELAY", 0)
+    assert abs(lag(clean, quality.rnnoise_denoise(clean, SR)) - 320) <= 1
+
+
+def test_outputs_written(run):
+    _, out, text = run
+    for name in ("quality.md", "quality.json", "noisy.csv", "noisereduce.csv", "rnnoise.csv", "steadyvoice.csv"):
         assert (out / name).is_file()
+    report = json.loads((out / "quality.json").read_text())
+    assert report["rnnoise"]["version"] == version("pyrnnoise")
+    assert report["rnnoise"]["mode"] == "48 kHz, 20 ms delay removed"
+    assert {"enhance_steadyvoice_s", "enhance_noisereduce_s", "enhance_rnnoise_s"} <= set(report["timing"])
+    assert f"RNNoise {report['timing']['enhance_rnnoise_s']:.1f} s)." in text
     with open(out / "steadyvoice.csv", newline="") as fh:
         assert [row["file"] for row in csv.DictReader(fh)] == [f"{name}.wav" for name, _, _ in MIXTURES]
 
@@ -191,6 +236,17 @@ def test_missing_corpus_is_built_with_the_corpus_command(tmp_path, monkeypatch):
 def test_directory_that_is_not_a_corpus_is_refused(tmp_path):
     with pytest.raises(DataError, match="not a corpus"):
         quality.ensure_corpus(tmp_path, tmp_path / "unused", 1.0, 0)
+
+
+def test_missing_peer_package_fails_first_with_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pyrnnoise.rnnoise", None)  # makes `import pyrnnoise.rnnoise` fail
+    monkeypatch.setattr(quality.subprocess, "run", lambda cmd, **kw: pytest.fail("built a corpus"))
+    code = quality.main(["--corpus", str(tmp_path / "none"), "--model", str(tmp_path / "nope"),
+                         "--out", str(tmp_path / "o"), "--metrics", "si_sdr"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pyrnnoise" in err and "pip install -e '.[eval]'" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_missing_model_is_an_error_message_and_exit_2(corpus, tmp_path, capsys):
