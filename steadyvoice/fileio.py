@@ -101,6 +101,7 @@ def atomic_write_path(path: str | Path, write: Callable[[Path], object]) -> None
     with _replacing(Path(path)) as (fd, tmp):
         os.close(fd)
         write(Path(tmp))
+        os.chmod(tmp, _FILE_MODE)  # the writer may have made a new file (safetensors' save_file: 0600)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
 

@@ -161,3 +161,14 @@ def test_new_files_get_the_mode_open_would_give(tmp_path):
     target = tmp_path / "perm.txt"
     fileio.atomic_write_text(target, "x")
     assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+def test_a_file_name_writer_that_makes_its_own_file_still_gets_the_mode(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    target = tmp_path / "model.safetensors"
+    fileio.atomic_write_path(target, lambda tmp: save_file({"w": torch.zeros(2)}, str(tmp)))
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)  # safetensors alone leaves 0600
