@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import statistics
 import sys
@@ -25,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
 class BenchTrainer:
-    """The Trainer <-> Checkpointer protocol around the official network and Adam (state after one step)."""
+    """Named parts around the official network and Adam (state after one step), as the Trainer registers them."""
 
     def __init__(self):
         from steadyvoice.models import build_model, count_parameters
@@ -49,24 +47,28 @@ class BenchTrainer:
             group["initial_lr"] = group["lr"]
         self.step = 1
 
-    def param_names(self):
-        return list(self.names)
+        from steadyvoice.checkpoint import ModelState, OptimizerState, RNGState
+
+        self.counters = Counters(self)
+        self.parts = {"model": ModelState(self.model), "optimizer": OptimizerState(self.optimizer, self.names),
+                      "counters": self.counters, "rng": RNGState()}
 
     def state_dict(self):
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": {"step": self.step, "scale": 1.0, "decays": 0, "warmup_steps": 0},
-            "early_stopping": {"best": None, "bad": 0},
-            "data": {"epoch": 0, "consumed": 8 * self.step},
-            "progress": {"epoch": 0, "step": self.step},
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-            "scaler": {},
-        }
+        """Every part's state (what the torch.save baseline writes)."""
+        return {name: part.state_dict() for name, part in self.parts.items()}
 
-    def load_state_dict(self, sd):
-        self.model.load_state_dict(sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
+
+class Counters:
+    """Step and data position of the bench trainer: one JSON part."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def state_dict(self):
+        return {"step": self.trainer.step, "epoch": 0, "consumed": 8 * self.trainer.step}
+
+    def load_state_dict(self, state):
+        self.trainer.step = int(state["step"])
 
 
 def stats(times: list[float]) -> tuple[float, float]:
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             trainer.step += 1
             t0 = time.perf_counter()
-            ckpt.save(trainer, reason="bench")
+            ckpt.save(trainer.parts, step=trainer.step, epoch=0, reason="bench")
             t["blocked"].append(time.perf_counter() - t0)
             ckpt.close()
             t["full"].append(time.perf_counter() - t0)
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
             timed("read", lambda last=last: [p.read_bytes() for p in sorted(last.iterdir())])
             timed("load", lambda last=last: load_checkpoint(last))
             timed("torch_load", lambda: torch.load(torch_file, map_location="cpu", weights_only=False))
-            timed("restore", lambda: Checkpointer(work / "run", CheckpointConfig()).restore(trainer))
+            timed("restore", lambda: Checkpointer(work / "run", CheckpointConfig()).restore(trainer.parts))
         size = sum(p.stat().st_size for p in ckpt.last_saved.iterdir())
         m = {k: stats(v) for k, v in t.items()}
         print("blocked per save: " + ", ".join(f"{x:.3f}" for x in t["blocked"]))

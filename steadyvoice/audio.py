@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from steadyvoice.errors import AudioError
+from steadyvoice.errors import AudioError, os_failure
 from steadyvoice.fileio import atomic_write
 
 # File extensions SteadyVoice reads as audio (libsndfile formats).
@@ -104,7 +104,7 @@ def write_audio(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise AudioError(f"{path.parent}: cannot create output directory ({exc.strerror})") from None
+        raise os_failure(AudioError, path.parent, exc, "cannot create output directory") from None
 
     def encode(fh) -> None:
         if fmt == "OGG":
@@ -115,7 +115,7 @@ def write_audio(
     try:
         atomic_write(path, encode)  # on any failure the temp file is removed and ``path`` is untouched
     except OSError as exc:
-        raise AudioError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise os_failure(AudioError, path, exc) from None
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
         raise AudioError(f"{path}: cannot write audio ({_describe(exc)})") from None
 

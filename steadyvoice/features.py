@@ -10,7 +10,11 @@
   which ClearerVoice leaves on, makes outputs random; we keep the front end deterministic).
 * :func:`stft` / :func:`istft`: ``torch.stft`` / ``torch.istft`` with n_fft = win_length, center=False,
   symmetric Hamming (ClearerVoice's mask is applied on exactly this STFT).
-* :func:`enhance_waveform`: one pass of a model over whole signals.
+* :func:`one_pass`: noisy waveform -> features -> mask -> mask x STFT -> iSTFT, the one implementation
+  used by inference (:func:`enhance_waveform`, ``steadyvoice.inference``) and by training (loss and
+  validation in ``steadyvoice.train.loop``). It works at the frame-aligned length
+  ``win_length + k * hop_length`` (k >= 0), where the frames tile the signal exactly:
+  :func:`padded_length` (zero padding at the end, inference) or :func:`cropped_length` (cut, training).
 
 Everything is batched (B, N), differentiable and runs on the input's device; filterbanks and windows are
 cached per (configuration, device, dtype).
@@ -18,15 +22,18 @@ cached per (configuration, device, dtype).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from steadyvoice.models.mossformer2 import MossFormer2SEConfig
 
-__all__ = ["fbank_features", "stft", "istft", "frame_count", "enhance_waveform", "apply_mask", "PCM_SCALE"]
+__all__ = ["fbank_features", "stft", "istft", "frame_count", "padded_length", "cropped_length", "one_pass",
+           "OnePass", "enhance_waveform", "apply_mask", "PCM_SCALE"]
 
 PCM_SCALE = 32768.0  # Kaldi features are computed on 16-bit sample values
 PREEMPHASIS = 0.97
@@ -39,6 +46,20 @@ def frame_count(num_samples: int, cfg: MossFormer2SEConfig) -> int:
     if num_samples < cfg.win_length:
         return 0
     return 1 + (num_samples - cfg.win_length) // cfg.hop_length
+
+
+def padded_length(num_samples: int, cfg: MossFormer2SEConfig) -> int:
+    """The smallest frame-aligned length >= N: win_length + k * hop_length, k >= 0 (at least one window)."""
+    frames = 1 + max(0, math.ceil((num_samples - cfg.win_length) / cfg.hop_length))
+    return cfg.win_length + (frames - 1) * cfg.hop_length
+
+
+def cropped_length(num_samples: int, cfg: MossFormer2SEConfig) -> int:
+    """The largest frame-aligned length <= N: win_length + (frame_count(N) - 1) * hop_length."""
+    frames = frame_count(num_samples, cfg)
+    if frames == 0:
+        raise ValueError(f"need at least win_length={cfg.win_length} samples, got {num_samples}")
+    return cfg.win_length + (frames - 1) * cfg.hop_length
 
 
 # ---- cached constants -----------------------------------------------------------------------------------
@@ -141,24 +162,47 @@ def apply_mask(spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ---- one pass ---------------------------------------------------------------------------------------------
 
 
-def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor,
-                     cfg: MossFormer2SEConfig | None = None) -> torch.Tensor:
-    """wave (B, N) -> enhanced (B, N): features -> mask -> mask x STFT -> iSTFT, in one pass.
+class OnePass(NamedTuple):
+    """What :func:`one_pass` computes; L = padded_length(N), T = frame_count(L), F = win_length//2 + 1."""
 
-    The signal is zero-padded at the end to a whole number of frames (at least one window) so that every
-    input sample is reconstructed, then cut back to N. ClearerVoice does not pad, which leaves the last
-    (N - win_length) % hop_length samples at zero; for frame-aligned lengths both are the same.
-    Gradients flow unless the caller uses ``torch.no_grad()``; the model's mode is left as it is.
+    mask: torch.Tensor  # (B, T, F) real, in the spectrum's precision
+    noisy_spec: torch.Tensor  # (B, F, T) complex STFT of the padded input
+    enhanced: torch.Tensor | None  # (B, L); None when reconstruct=False
+
+
+def one_pass(model: torch.nn.Module, wave: torch.Tensor, cfg: MossFormer2SEConfig | None = None, *,
+             autocast: contextlib.AbstractContextManager | None = None, reconstruct: bool = True) -> OnePass:
+    """wave (B, N) -> mask, noisy spectrum and enhanced (B, L): the pipeline of inference and training.
+
+    The input is zero-padded at the end to L = padded_length(N, cfg), the frame-aligned length, so that
+    the frames cover every input sample; the enhanced waveform has those L samples (cut it to N, as
+    :func:`enhance_waveform` does). Training crops its examples to cropped_length(N) first: then L = N
+    and nothing is padded. ``autocast`` (e.g. ``torch.autocast(...)``) is entered around the network
+    call only: features, STFT and iSTFT always run in the input's precision, and the mask is cast back to
+    it. ``reconstruct=False`` skips the iSTFT (a loss on the spectrum alone). Gradients flow unless the
+    caller uses ``torch.no_grad()``; the model's mode is left as it is.
     """
     cfg = cfg or model.cfg
     _check_wave(wave)
-    N = wave.shape[-1]
-    frames = 1 + max(0, math.ceil((N - cfg.win_length) / cfg.hop_length))
-    padded_len = cfg.win_length + (frames - 1) * cfg.hop_length
-    x = F.pad(wave, (0, padded_len - N))  # (B, N')
-    mask = model(fbank_features(x, cfg))  # (B, T, F)
-    enhanced = istft(apply_mask(stft(x, cfg), mask), cfg, length=padded_len)  # (B, N')
-    return enhanced[:, :N]
+    length = padded_length(wave.shape[-1], cfg)
+    x = F.pad(wave, (0, length - wave.shape[-1]))  # (B, L)
+    feats = fbank_features(x, cfg)  # (B, T, 3*n_mels)
+    spec = stft(x, cfg)  # (B, F, T)
+    with autocast if autocast is not None else contextlib.nullcontext():
+        mask = model(feats)  # (B, T, F)
+    mask = mask.to(spec.real.dtype)  # autocast may have returned half precision
+    enhanced = istft(apply_mask(spec, mask), cfg, length=length) if reconstruct else None  # (B, L)
+    return OnePass(mask, spec, enhanced)
+
+
+def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor,
+                     cfg: MossFormer2SEConfig | None = None) -> torch.Tensor:
+    """wave (B, N) -> enhanced (B, N): :func:`one_pass`, cut back to the input's N samples.
+
+    Padding to whole frames means every input sample is reconstructed. ClearerVoice does not pad, which
+    leaves the last (N - win_length) % hop_length samples at zero; for frame-aligned lengths both are the same.
+    """
+    return one_pass(model, wave, cfg).enhanced[:, : wave.shape[-1]]
 
 
 def _check_wave(wave: torch.Tensor) -> None:

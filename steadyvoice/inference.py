@@ -48,6 +48,7 @@ import torch
 
 from steadyvoice import audio as audio_io
 from steadyvoice.errors import AudioError, ConfigError, ModelError
+from steadyvoice.models import MODEL_FILES, WEIGHTS_FILE, is_model_dir
 
 __all__ = [
     "Enhancer",
@@ -75,7 +76,6 @@ MAX_CHANNELS = 32
 # MossFormer2-SE trained by SteadyVoice with recipes/default-16k.yaml.
 DEFAULT_MODEL = "default"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-MODEL_FILES = ("model.safetensors", "config.json")
 
 # Called after each window as progress(done, total); total counts the windows of all channels.
 ProgressCallback = Callable[[int, int], None]
@@ -260,14 +260,14 @@ def _model_dir_for(name_or_dir: str | Path) -> Path:
         _check_model_dir(path)
         return path
     if path.is_file():
-        if path.name == "model.safetensors":
+        if path.name == WEIGHTS_FILE:
             _check_model_dir(path.parent)
             return path.parent
         raise ModelError(f"{path}: is a file, not a model directory; {_hint_for_file(path)}")
     name = str(name_or_dir)
     shipped = WEIGHTS_DIR / name
     if name == DEFAULT_MODEL or shipped.is_dir():
-        if all((shipped / f).is_file() for f in MODEL_FILES):
+        if is_model_dir(shipped):
             return shipped
         raise ModelError(
             f"model '{name}': its weights are missing from this installation ({shipped}); reinstall "

@@ -1,10 +1,10 @@
 """A small real trainer for the checkpoint tests (no audio, runs in milliseconds).
 
-It follows the Trainer <-> Checkpointer protocol of docs/DESIGN.md exactly like steadyvoice.train.loop.
-Trainer does: state_dict() with model, optimizer (index-keyed), schedule, early_stopping, data, progress,
-rng, scaler; load_state_dict() restoring optimizer before schedule and RNG last; param_names().
-Two parameter groups (decay / no decay) and a real torch LR scheduler (StepLR, which needs initial_lr).
-Every training step draws from python, numpy and torch global RNGs, so RNG restore is tested too.
+It follows the Trainer <-> Checkpointer protocol of docs/DESIGN.md like steadyvoice.train.loop.Trainer
+does: ``parts`` names its stateful parts (model, optimizer by parameter name, a real torch LR scheduler
+(StepLR, which needs initial_lr) after the optimizer, counters, RNG last). Two parameter groups (decay /
+no decay). Every training step draws from python, numpy and torch global RNGs, so RNG restore is tested
+too. ``state_dict()`` gathers every part's state for bit-exact comparisons.
 
 Run as a script, it saves in a loop (for the kill -9 tests)::
 
@@ -20,6 +20,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from steadyvoice.checkpoint.parts import ModelState, OptimizerState, RNGState
+
+
+class Counters:
+    """The toy's step / epoch / position and "best" value: one JSON part."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.epoch = 0
+        self.consumed = 0
+        self.best: float | None = None
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "consumed": self.consumed, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch, self.consumed = int(state["step"]), int(state["epoch"]), int(state["consumed"])
+        self.best = state["best"]
 
 
 class ToyTrainer:
@@ -39,10 +58,9 @@ class ToyTrainer:
             self._names = [n for n, _ in named]
         self.optimizer = torch.optim.AdamW(spec, lr=lr, foreach=False)
         self.schedule = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=3, gamma=0.5)
-        self.step = 0
-        self.epoch = 0
-        self.consumed = 0
-        self.best: float | None = None
+        self.counters = Counters()
+        self.parts = {"model": ModelState(self.model), "optimizer": OptimizerState(self.optimizer, self._names),
+                      "schedule": self.schedule, "counters": self.counters, "rng": RNGState()}
         self.in_features = next(p for p in self.model.parameters() if p.ndim >= 2).shape[1]
 
     def param_names(self) -> list[str]:
@@ -58,35 +76,28 @@ class ToyTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
-        self.step += 1
-        self.consumed += 8
-        if self.consumed >= 40:
-            self.epoch, self.consumed = self.epoch + 1, 0
+        c = self.counters
+        c.step += 1
+        c.consumed += 8
+        if c.consumed >= 40:
+            c.epoch, c.consumed = c.epoch + 1, 0
         return float(loss.detach())
 
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "early_stopping": {"best": self.best, "bad": 0},
-            "data": {"epoch": self.epoch, "consumed": self.consumed, "num_examples": 40},
-            "progress": {"epoch": self.epoch, "step": self.step},
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-            "scaler": {},
-        }
+    @property
+    def step(self) -> int:
+        return self.counters.step
 
-    def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
-        self.schedule.load_state_dict(sd["schedule"])  # after the optimizer, never a new scheduler
-        self.best = sd["early_stopping"]["best"]
-        self.epoch, self.consumed = sd["data"]["epoch"], sd["data"]["consumed"]
-        self.step = sd["progress"]["step"]
-        rng = sd["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
+    @property
+    def epoch(self) -> int:
+        return self.counters.epoch
+
+    def save(self, ckpt, **kwargs) -> None:
+        """``ckpt.save`` of every part at this step."""
+        ckpt.save(self.parts, step=self.step, epoch=self.epoch, **kwargs)
+
+    def state_dict(self) -> dict:
+        """Every part's state (for comparisons)."""
+        return {name: part.state_dict() for name, part in self.parts.items()}
 
 
 def seed_all(seed: int) -> None:
@@ -129,10 +140,10 @@ def _save_loop(run_dir: str, count: int) -> None:
     seed_all(0)
     trainer = ToyTrainer(hidden=64)
     ckpt = Checkpointer(Path(run_dir), CheckpointConfig(keep_last=2, async_save=True))
-    ckpt.restore(trainer)
+    ckpt.restore(trainer.parts)
     for _ in range(count):
         trainer.train_step()
-        ckpt.save(trainer, metrics={"loss": 1.0}, is_best=trainer.step % 3 == 0, reason="test")
+        trainer.save(ckpt, metrics={"loss": 1.0}, is_best=trainer.step % 3 == 0, reason="test")
         print(trainer.step, flush=True)
     ckpt.close()
 

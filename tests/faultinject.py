@@ -101,6 +101,20 @@ def train_inprocess(run_dir: Path, sets: list[str], *, data=None, resume_from: P
     return InProcessRun(trainer.fit(checkpointer), trainer, checkpointer)
 
 
+def reseal(step_dir: Path) -> None:
+    """Recompute the manifest of an edited checkpoint: a forgery (or a buggy writer) that verifies."""
+    import hashlib
+
+    from steadyvoice.checkpoint.format import FileEntry, build_manifest, read_manifest
+
+    old = read_manifest(step_dir)
+    files = {}
+    for name in old.files:
+        data = (step_dir / name).read_bytes()
+        files[name] = FileEntry(len(data), hashlib.sha256(data).hexdigest())
+    (step_dir / "manifest.json").write_bytes(build_manifest(old.step, files, old.info)[0])
+
+
 # ------------------------------------------------------------------------------------------ recording
 def record_batches(record_dir: Path, rank: int):
     """Patch the training sampler to append every (epoch, index) it hands out to record_dir/rank<r>.jsonl.

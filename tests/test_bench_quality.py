@@ -98,12 +98,12 @@ def run(corpus, model_dir, tmp_path_factory):
 
 
 def scores_of(corpus: Path, directory: Path, metric) -> dict[str, float]:
-    """Reference values computed here, straight from the files: name -> metric(clean, estimate)."""
+    """Reference values computed here, straight from the files: name -> metric(estimate, clean)."""
     values = {}
     for name, _, _ in MIXTURES:
         clean, _ = read_audio(corpus / "test" / "clean" / f"{name}.wav")
         est, _ = read_audio(directory / f"{name}.wav")
-        values[name] = metric(clean[:, 0], est[:, 0])
+        values[name] = metric(est[:, 0], clean[:, 0])
     return values
 
 
@@ -117,7 +117,7 @@ def test_means_equal_metrics_computed_directly_from_the_files(run, corpus):
                               ("rnnoise", out / "audio" / "rnnoise"), ("steadyvoice", out / "audio" / "steadyvoice")):
         direct = scores_of(corpus, directory, si_sdr)
         assert summary[system]["si_sdr"]["mean"] == pytest.approx(np.mean(list(direct.values())), abs=1e-9)
-        direct = scores_of(corpus, directory, lambda c, e: pesq_wb(c, e, SR))
+        direct = scores_of(corpus, directory, lambda e, c: pesq_wb(e, c, SR))
         assert summary[system]["pesq_wb"]["mean"] == pytest.approx(np.mean(list(direct.values())), abs=1e-9)
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ckpt_toy import ToyTrainer, assert_same_state, seed_all
+from faultinject import reseal
 from steadyvoice.checkpoint import Checkpointer, verify_checkpoint
 from steadyvoice.checkpoint.config import CheckpointConfig
 from steadyvoice.checkpoint.format import canonical_json, pretty_json
@@ -43,10 +44,10 @@ def template(tmp_path_factory):
     trainer = ToyTrainer()
     ckpt = Checkpointer(run, CFG)
     trainer.train_step()
-    ckpt.save(trainer, is_best=True, reason="periodic")
+    trainer.save(ckpt, is_best=True, reason="periodic")
     state_at_1 = copy.deepcopy(trainer.state_dict())
     trainer.train_step()
-    ckpt.save(trainer, reason="periodic")
+    trainer.save(ckpt, reason="periodic")
     ckpt.close()
     return run, state_at_1
 
@@ -68,8 +69,8 @@ def _rewrite_manifest(step_dir, change) -> None:
 
 def _edit_lr(step_dir) -> None:
     state = json.loads((step_dir / "state.json").read_text())
-    assert state["optimizer"]["param_groups"][0]["hyperparameters"]["lr"] == 0.01
-    state["optimizer"]["param_groups"][0]["hyperparameters"]["lr"] = 0.02  # same length: only the checksum tells
+    assert state["parts"]["optimizer"]["param_groups"][0]["hyperparameters"]["lr"] == 0.01
+    state["parts"]["optimizer"]["param_groups"][0]["hyperparameters"]["lr"] = 0.02  # same length: only the checksum tells
     (step_dir / "state.json").write_bytes(pretty_json(state))
 
 
@@ -128,7 +129,7 @@ def test_damage_is_detected_and_resume_falls_back(case, template, tmp_path, capl
     fresh = ToyTrainer(seed=9)
     with caplog.at_level(logging.WARNING, logger="steadyvoice.checkpoint"):
         ckpt = Checkpointer(run, CFG)
-        assert ckpt.restore(fresh) is True
+        assert ckpt.restore(fresh.parts) is True
     assert ckpt.restored.step == 1 and ckpt.restored.skipped == problems
     assert f"checkpoint {newest} is not usable, trying an older one: {newest / bad_file}" in caplog.text
     assert_same_state(fresh.state_dict(), state_at_1)  # exactly the previous checkpoint's state, RNG included
@@ -150,7 +151,7 @@ def test_pickle_in_place_of_a_file_never_runs_even_when_inspected(template, tmp_
     list_checkpoints(run)
     inspect_checkpoint(run / "checkpoints" / "step-00000002")
     with pytest.raises(CheckpointError):
-        Checkpointer(run, CFG, resume_from=run / "checkpoints" / "step-00000002").restore(ToyTrainer())
+        Checkpointer(run, CFG, resume_from=run / "checkpoints" / "step-00000002").restore(ToyTrainer().parts)
     assert not marker.exists()
 
 
@@ -163,9 +164,9 @@ def test_every_checkpoint_damaged_is_an_error_never_a_fresh_start(template, tmp_
     fresh = ToyTrainer(seed=9)
     before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
     with pytest.raises(CheckpointError) as info:
-        Checkpointer(run, CFG).restore(fresh)
+        Checkpointer(run, CFG).restore(fresh.parts)
     text = str(info.value)
-    assert "checkpoints exist but none verifies" in text and "Refusing to start from scratch" in text
+    assert "checkpoints exist but none can be used" in text and "Refusing to start from scratch" in text
     assert "step-00000001/model.safetensors: SHA-256 checksum mismatch" in text
     assert "step-00000002/manifest.json: missing" in text and "--restart" in text
     assert all(torch.equal(before[k], v) for k, v in fresh.model.state_dict().items())
@@ -175,7 +176,7 @@ def test_every_checkpoint_damaged_is_an_error_never_a_fresh_start(template, tmp_
 def test_a_lone_directory_without_manifest_is_not_a_fresh_start(tmp_path):
     (tmp_path / "checkpoints" / "step-00000007").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="step-00000007/manifest.json: missing"):
-        Checkpointer(tmp_path, CFG).restore(ToyTrainer())
+        Checkpointer(tmp_path, CFG).restore(ToyTrainer().parts)
 
 
 def test_a_renamed_checkpoint_directory_is_detected(template, tmp_path):
@@ -188,7 +189,60 @@ def test_a_renamed_checkpoint_directory_is_detected(template, tmp_path):
     assert verify_checkpoint(run / "checkpoints" / "step-00000009")[0].problems == reports[1].problems
     fresh = ToyTrainer(seed=9)
     ckpt = Checkpointer(run, CFG)
-    assert ckpt.restore(fresh) and ckpt.restored.step == 2  # the misnamed one is never taken for step 9
+    assert ckpt.restore(fresh.parts) and ckpt.restored.step == 2  # the misnamed one is never taken for step 9
     assert ckpt.restored.skipped == [f"{run / 'checkpoints' / 'step-00000009' / 'manifest.json'}: says step 1 but the "
                                      "directory is named for step 9: the directory was renamed or copied; rename it back "
                                      "to step-00000001"]
+
+
+# ------------------------------------------------------------------------------- verifying, but does not load
+def _edit_state(step_dir, change) -> None:
+    state = json.loads((step_dir / "state.json").read_text())
+    change(state)
+    (step_dir / "state.json").write_bytes(pretty_json(state))
+    reseal(step_dir)
+
+
+# (A schedule that disagrees with the saved learning rate: tests/test_run_state.py, with the real trainer.)
+POST_LOAD_CASES = {
+    "malformed-part-state": (lambda s: s["parts"]["counters"]["state"].pop("epoch"),
+                             r"part 'counters'\): malformed state \(KeyError: 'epoch'\)"),
+    "missing-part": (lambda s: s["parts"].pop("counters"), r"has no 'counters' state, which this trainer needs"),
+    "foreign-part": (lambda s: s["parts"].update(discriminator=s["parts"]["counters"]),
+                     r"holds state this trainer does not have: 'discriminator'"),
+}
+
+
+@pytest.mark.parametrize("case", list(POST_LOAD_CASES))
+def test_a_verifying_checkpoint_that_fails_to_load_falls_back(case, template, tmp_path, caplog):
+    source, state_at_1 = template
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    newest = run / "checkpoints" / "step-00000002"
+    change, message = POST_LOAD_CASES[case]
+    _edit_state(newest, change)
+    assert all(r.valid for r in verify_checkpoint(run))  # every checksum fits: only loading can tell
+
+    seed_all(42)
+    fresh = ToyTrainer(seed=9)
+    with caplog.at_level(logging.WARNING, logger="steadyvoice.checkpoint"):
+        ckpt = Checkpointer(run, CFG)
+        assert ckpt.restore(fresh.parts) is True
+    assert ckpt.restored.step == 1 and len(ckpt.restored.skipped) == 1
+    assert re.search(message, ckpt.restored.skipped[0]) and str(newest) in ckpt.restored.skipped[0]
+    assert f"checkpoint {newest} is not usable, trying an older one" in caplog.text
+    assert_same_state(fresh.state_dict(), state_at_1)  # exactly step 1: the failed load left nothing behind
+    assert (ckpt.restored.set_aside / "step-00000002" / "manifest.json").exists()  # moved aside, not deleted
+
+
+def test_a_verifying_checkpoint_that_fails_to_load_and_no_older_one_is_an_error(template, tmp_path):
+    source, _ = template
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    for step_dir in sorted((run / "checkpoints").iterdir()):
+        _edit_state(step_dir, POST_LOAD_CASES["malformed-part-state"][0])
+    with pytest.raises(CheckpointError, match=r"none can be used .*KeyError: 'epoch'.*Refusing to start from scratch"):
+        Checkpointer(run, CFG).restore(ToyTrainer(seed=9).parts)
+    target = run / "checkpoints" / "step-00000001"
+    with pytest.raises(CheckpointError, match=r"--resume-from .*step-00000001: the checkpoint cannot be used: .*KeyError"):
+        Checkpointer(run, CFG, resume_from=target).restore(ToyTrainer(seed=9).parts)

@@ -39,12 +39,12 @@ def test_round_trip_is_bit_identical(tmp_path):
     trainer = _trained(5)
     expected = _frozen(trainer.state_dict())
     ckpt = Checkpointer(tmp_path, SYNC)
-    ckpt.save(trainer, metrics={"valid_loss": 0.25}, is_best=True, reason="validation")
+    trainer.save(ckpt, metrics={"valid_loss": 0.25}, is_best=True, reason="validation")
     ckpt.close()
 
     seed_all(99)  # a different process state: fresh model, other RNG positions
     fresh = ToyTrainer(seed=7)
-    assert Checkpointer(tmp_path, SYNC).restore(fresh) is True
+    assert Checkpointer(tmp_path, SYNC).restore(fresh.parts) is True
     assert_same_state(fresh.state_dict(), expected)  # model, optimizer (incl. betas tuples), schedule, RNG, counters
 
 
@@ -55,11 +55,11 @@ def test_resumed_training_continues_exactly(tmp_path):
     first = _trained(0)
     head = [first.train_step() for _ in range(4)]
     ckpt = Checkpointer(tmp_path, SYNC)
-    ckpt.save(first, reason="periodic")
+    first.save(ckpt, reason="periodic")
     ckpt.close()
     seed_all(1234)
     resumed = ToyTrainer(seed=5)
-    assert Checkpointer(tmp_path, SYNC).restore(resumed)
+    assert Checkpointer(tmp_path, SYNC).restore(resumed.parts)
     tail = [resumed.train_step() for _ in range(6)]
     assert head + tail == losses  # exact float equality, StepLR halvings at steps 3, 6, 9 included
     assert_same_state(resumed.state_dict(), straight.state_dict())
@@ -68,7 +68,7 @@ def test_resumed_training_continues_exactly(tmp_path):
 def test_layout_optimizer_by_name_and_json_state(tmp_path):
     trainer = _trained(3)
     ckpt = Checkpointer(tmp_path, SYNC)
-    ckpt.save(trainer, metrics={"valid_loss": 1.5}, is_best=False, reason="periodic")
+    trainer.save(ckpt, metrics={"valid_loss": 1.5}, is_best=False, reason="periodic")
     step_dir = tmp_path / "checkpoints" / "step-00000003"
     assert sorted(p.name for p in step_dir.iterdir()) == [
         "manifest.json", "model.safetensors", "optimizer.safetensors", "state.json", "state.safetensors"]
@@ -83,16 +83,19 @@ def test_layout_optimizer_by_name_and_json_state(tmp_path):
 
     state = json.loads((step_dir / "state.json").read_text())
     assert state["format_version"] == FORMAT_VERSION and state["step"] == 3 and state["world_size"] == 1
-    groups = state["optimizer"]["param_groups"]
+    assert set(state["parts"]) == {"model", "optimizer", "schedule", "counters", "rng"}
+    assert state["parts"]["model"] == {"kind": "model", "file": "model.safetensors"}
+    groups = state["parts"]["optimizer"]["param_groups"]
     assert [g["params"] for g in groups] == [["0.weight", "3.weight"], ["0.bias", "1.weight", "1.bias", "3.bias"]]
     for g, weight_decay in zip(groups, (0.01, 0.0)):
         hp = g["hyperparameters"]
         assert hp["lr"] == 0.005 and hp["initial_lr"] == 0.01 and hp["weight_decay"] == weight_decay
         assert {"eps", "betas", "amsgrad", "maximize"} <= set(hp)
-    assert state["trainer"]["schedule"]["last_epoch"] == 3
+    assert state["parts"]["schedule"]["state"]["last_epoch"] == 3
+    assert state["parts"]["counters"]["state"] == {"step": 3, "epoch": 0, "consumed": 24, "best": None}
     assert set(state["versions"]) == {"steadyvoice", "torch", "numpy", "safetensors", "python"}
     assert state["metrics"] == {"valid_loss": 1.5} and state["reason"] == "periodic"
-    assert len(state["rng"]["ranks"]) == 1
+    assert len(state["parts"]["rng"]["ranks"]) == 1
 
     manifest = read_manifest(step_dir)
     assert set(manifest.files) == {"model.safetensors", "optimizer.safetensors", "state.json", "state.safetensors"}
@@ -129,28 +132,28 @@ def test_encoder_round_trips_tagged_values():
 
 def test_unsupported_state_value_is_named(tmp_path):
     trainer = _trained(1)
-    original = trainer.state_dict
-    trainer.state_dict = lambda: {**original(), "schedule": {"fn": object()}}
+    trainer.parts["schedule"] = type("Odd", (), {"state_dict": lambda self: {"fn": object()}})()
     with pytest.raises(CheckpointError, match="schedule/fn.*object"):
-        Checkpointer(tmp_path, SYNC).save(trainer)
+        trainer.save(Checkpointer(tmp_path, SYNC))
 
 
 # ------------------------------------------------------------------------------- validated loads
 def _save_without(tmp_path, keys: tuple[str, ...]) -> None:
     """A checkpoint whose optimizer param_groups lack ``keys`` (ClearerVoice's KeyError: 'lr' case)."""
     trainer = _trained(4)
-    original = trainer.state_dict
+    part = trainer.parts["optimizer"]
+    original = part.state_dict
 
     def state_dict():
         sd = original()
-        for group in sd["optimizer"]["param_groups"]:
+        for group in sd["param_groups"]:
             for key in keys:
                 group.pop(key)
         return sd
 
-    trainer.state_dict = state_dict
+    part.state_dict = state_dict
     ckpt = Checkpointer(tmp_path, SYNC)
-    ckpt.save(trainer)
+    trainer.save(ckpt)
 
 
 def test_missing_lr_and_initial_lr_are_repaired_with_a_warning(tmp_path, caplog):
@@ -158,7 +161,7 @@ def test_missing_lr_and_initial_lr_are_repaired_with_a_warning(tmp_path, caplog)
     fresh = ToyTrainer(lr=0.02)
     with caplog.at_level(logging.WARNING, logger="steadyvoice.checkpoint"):
         ckpt = Checkpointer(tmp_path, SYNC)
-        assert ckpt.restore(fresh)
+        assert ckpt.restore(fresh.parts)
     text = caplog.text
     assert "'lr'=0.02" in text and "'initial_lr'=0.02" in text and "'eps'=1e-08" in text and "param group 1" in text
     assert ckpt.restored.repaired and all("'lr'" in r for r in ckpt.restored.repaired)
@@ -173,60 +176,62 @@ def test_missing_lr_and_initial_lr_are_repaired_with_a_warning(tmp_path, caplog)
 
 
 def test_group_count_mismatch_is_an_error(tmp_path):
-    Checkpointer(tmp_path, SYNC).save(_trained(2))
+    _trained(2).save(Checkpointer(tmp_path, SYNC))
     with pytest.raises(CheckpointError, match=r"2 parameter group\(s\).*has 1.*optimizer configuration changed"):
-        Checkpointer(tmp_path, SYNC).restore(ToyTrainer(groups=1))
+        Checkpointer(tmp_path, SYNC).restore(ToyTrainer(groups=1).parts)
 
 
 def test_extra_and_missing_parameters_are_named(tmp_path):
-    Checkpointer(tmp_path, SYNC).save(_trained(2))
+    _trained(2).save(Checkpointer(tmp_path, SYNC))
     bigger = ToyTrainer(model=torch.nn.Sequential(
         torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Tanh(), torch.nn.Linear(8, 2), torch.nn.Linear(2, 2)))
-    with pytest.raises(CheckpointError, match=r"missing parameter\(s\) '4.weight', '4.bias'"):
-        Checkpointer(tmp_path, SYNC).restore(bigger)
+    with pytest.raises(CheckpointError, match=r"weight '4.weight' is missing \(and 1 more\)"):
+        Checkpointer(tmp_path, SYNC).restore(bigger.parts)
     smaller = ToyTrainer(model=torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Tanh()))
-    with pytest.raises(CheckpointError, match=r"unexpected parameter\(s\) '3.bias', '3.weight'"):
-        Checkpointer(tmp_path, SYNC).restore(smaller)
+    with pytest.raises(CheckpointError, match=r"unexpected weight '3\.(weight|bias)' \(and 1 more\)"):
+        Checkpointer(tmp_path, SYNC).restore(smaller.parts)
 
 
 def test_shape_mismatch_is_named(tmp_path):
-    Checkpointer(tmp_path, SYNC).save(_trained(2))
-    with pytest.raises(CheckpointError, match=r"'0.weight' is \[8, 4\] in the checkpoint but \[16, 4\] in the model"):
-        Checkpointer(tmp_path, SYNC).restore(ToyTrainer(hidden=16))
+    _trained(2).save(Checkpointer(tmp_path, SYNC))
+    with pytest.raises(CheckpointError, match=r"weight '0.weight' has shape \(8, 4\) but the model expects \(16, 4\)"):
+        Checkpointer(tmp_path, SYNC).restore(ToyTrainer(hidden=16).parts)
 
 
 def test_parameter_moved_between_groups_is_named(tmp_path):
-    Checkpointer(tmp_path, SYNC).save(_trained(2))
+    _trained(2).save(Checkpointer(tmp_path, SYNC))
     moved = ToyTrainer()
     groups = moved.optimizer.param_groups
     groups[0]["params"].append(groups[1]["params"].pop(0))  # '0.bias' now in group 0
     moved._names = moved._names[:2] + [moved._names[2]] + moved._names[3:]
     with pytest.raises(CheckpointError, match=r"group 0 differs: parameter\(s\) not in the checkpoint: '0.bias'"):
-        Checkpointer(tmp_path, SYNC).restore(moved)
+        Checkpointer(tmp_path, SYNC).restore(moved.parts)
 
 
-def test_trainer_changing_lr_while_loading_is_caught(tmp_path):
-    Checkpointer(tmp_path, SYNC).save(_trained(4))  # lr halved once by StepLR
+def test_a_part_changing_lr_while_loading_is_caught(tmp_path):
+    _trained(4).save(Checkpointer(tmp_path, SYNC))  # lr halved once by StepLR
     bad = ToyTrainer()
-    original = bad.load_state_dict
 
-    def load_state_dict(sd):
-        original(sd)
-        bad.schedule = torch.optim.lr_scheduler.StepLR(bad.optimizer, step_size=3, gamma=0.5)  # the classic bug
-        for group in bad.optimizer.param_groups:
-            group["lr"] = group["initial_lr"]
+    class Recreated:  # the classic bug: a scheduler built anew after the optimizer was loaded
+        def state_dict(self):
+            return bad.schedule.state_dict()
 
-    bad.load_state_dict = load_state_dict
-    with pytest.raises(CheckpointError, match=r"param group 0 has lr=0.01 but the checkpoint says 0.005"):
-        Checkpointer(tmp_path, SYNC).restore(bad)
+        def load_state_dict(self, state):
+            bad.schedule = torch.optim.lr_scheduler.StepLR(bad.optimizer, step_size=3, gamma=0.5)
+            for group in bad.optimizer.param_groups:
+                group["lr"] = group["initial_lr"]
+
+    bad.parts["schedule"] = Recreated()
+    with pytest.raises(CheckpointError, match=r"param group 0 of 'optimizer' has lr=0.01 but the checkpoint saved lr=0.005"):
+        Checkpointer(tmp_path, SYNC).restore(bad.parts)
 
 
 # ------------------------------------------------------------------------------- RNG with another world size
 def test_rng_is_rederived_deterministically_for_a_new_world_size(tmp_path):
     trainer = _trained(2)
-    Checkpointer(tmp_path, SYNC).save(trainer)
+    trainer.save(Checkpointer(tmp_path, SYNC))
     content = load_checkpoint(tmp_path / "checkpoints" / "step-00000002")
-    saved = content.rng_of_ranks()[0]
+    saved = content.part_state("rng")
     a = derive_rng_state(saved, f"{content.digest}/2/0")
     b = derive_rng_state(saved, f"{content.digest}/2/1")
     again = derive_rng_state(saved, f"{content.digest}/2/0")
@@ -236,3 +241,33 @@ def test_rng_is_rederived_deterministically_for_a_new_world_size(tmp_path):
     random.setstate(a["python"])
     np.random.set_state(a["numpy"])
     torch.set_rng_state(a["torch"])  # every derived state is accepted by its generator
+
+
+# ------------------------------------------------------------------------------- the package's boundary
+def test_the_checkpoint_package_imports_nothing_from_training():
+    """steadyvoice.checkpoint knows nothing of training: not at module level, not inside a function."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import steadyvoice.checkpoint as package
+
+    offenders = []
+    for path in sorted(Path(package.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n == "steadyvoice.train" or n.startswith("steadyvoice.train.") for n in names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, steadyvoice.checkpoint as c\n"
+         "[getattr(c, n) for n in c.__all__]\n"
+         "import steadyvoice.checkpoint.v1\n"
+         "print(sorted(m for m in sys.modules if m.startswith('steadyvoice.train')))"],
+        capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

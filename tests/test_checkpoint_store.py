@@ -38,7 +38,7 @@ def _train_and_save(run_dir: Path, steps: int, cfg: CheckpointConfig, best_at=()
     ckpt = Checkpointer(run_dir, cfg)
     for _ in range(steps):
         trainer.train_step()
-        ckpt.save(trainer, metrics={"valid_loss": 1.0 / trainer.step}, is_best=trainer.step in best_at, reason="periodic")
+        trainer.save(ckpt, metrics={"valid_loss": 1.0 / trainer.step}, is_best=trainer.step in best_at, reason="periodic")
     ckpt.close()
     return trainer
 
@@ -80,7 +80,7 @@ def test_disk_full_during_save_leaves_earlier_checkpoints_intact(tmp_path, monke
     ckpt = Checkpointer(tmp_path, cfg)
     trainer.train_step()
     monkeypatch.setattr(os, "write", full_disk)
-    ckpt.save(trainer, reason="periodic")  # the error happens in the background writer ...
+    trainer.save(ckpt, reason="periodic")  # the error happens in the background writer ...
     with pytest.raises(CheckpointError, match=r"step-00000004: No space left on device \(the disk is full.*earlier checkpoints are intact"):
         ckpt.close()  # ... and is raised in the training thread
     monkeypatch.setattr(os, "write", real_write)
@@ -89,7 +89,7 @@ def test_disk_full_during_save_leaves_earlier_checkpoints_intact(tmp_path, monke
     after = {p.name: p.read_bytes() for d in (tmp_path / "checkpoints").iterdir() for p in d.iterdir()}
     assert after == before
     assert all(verify_dir(d).valid for d in (tmp_path / "checkpoints").iterdir())
-    ckpt.save(trainer, reason="periodic")  # space is back: the next save works (the error was collected once)
+    trainer.save(ckpt, reason="periodic")  # space is back: the next save works (the error was collected once)
     ckpt.close()
     assert _steps(tmp_path) == [3, 4]
 
@@ -99,10 +99,10 @@ def test_writer_error_is_raised_at_the_next_save(tmp_path, monkeypatch):
     ckpt = Checkpointer(tmp_path, CheckpointConfig(keep_last=2))
     monkeypatch.setattr(ckpt.store, "commit", lambda *a, **k: (_ for _ in ()).throw(CheckpointError("boom: disk gone")))
     trainer.train_step()
-    ckpt.save(trainer)
+    trainer.save(ckpt)
     trainer.train_step()
     with pytest.raises(CheckpointError, match="boom: disk gone"):
-        ckpt.save(trainer)
+        trainer.save(ckpt)
 
 
 def test_at_most_one_save_in_flight_and_close_waits(tmp_path, monkeypatch):
@@ -111,9 +111,9 @@ def test_at_most_one_save_in_flight_and_close_waits(tmp_path, monkeypatch):
     trainer = ToyTrainer()
     ckpt = Checkpointer(tmp_path, CheckpointConfig(keep_last=5))
     trainer.train_step()
-    ckpt.save(trainer)
+    trainer.save(ckpt)
     trainer.train_step()
-    ckpt.save(trainer)  # returns only once step 1 is committed (it waits for the save in flight first)
+    trainer.save(ckpt)  # returns only once step 1 is committed (it waits for the save in flight first)
     assert _steps(tmp_path) == [1]
     ckpt.close()
     assert _steps(tmp_path) == [1, 2]
@@ -127,7 +127,7 @@ def test_process_exit_waits_for_the_last_save(tmp_path):
         from steadyvoice.checkpoint import Checkpointer
         from steadyvoice.checkpoint.config import CheckpointConfig
         seed_all(0); t = ToyTrainer(); t.train_step()
-        Checkpointer({str(tmp_path)!r}, CheckpointConfig(keep_last=2)).save(t)
+        t.save(Checkpointer({str(tmp_path)!r}, CheckpointConfig(keep_last=2)))
         print("returned", flush=True)
     """)
     env = {**os.environ, WRITE_DELAY_ENV: "0.3"}
@@ -156,7 +156,7 @@ def test_kill_9_during_saves_never_leaves_a_broken_valid_checkpoint(tmp_path):
         seed_all(5)
         resumed = ToyTrainer(hidden=64)
         ckpt = Checkpointer(run_dir, CheckpointConfig(keep_last=2))
-        assert ckpt.restore(resumed) == bool(committed)
+        assert ckpt.restore(resumed.parts) == bool(committed)
         if committed:
             assert resumed.step == committed[-1]
         assert not [p for p in root.iterdir() if p.name.startswith(".")]  # stale temp dirs cleaned
@@ -168,7 +168,7 @@ def test_stale_temp_dirs_are_removed_and_reported(tmp_path, caplog):
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
     with caplog.at_level(logging.WARNING, logger="steadyvoice.checkpoint"):
-        assert Checkpointer(tmp_path, CheckpointConfig()).restore(ToyTrainer())
+        assert Checkpointer(tmp_path, CheckpointConfig()).restore(ToyTrainer().parts)
     assert not stale.exists()
     assert f"removed {stale}: left over by an interrupted save" in caplog.text
     assert trainer.step == 2
@@ -179,8 +179,8 @@ def test_same_step_save_replaces_and_interrupted_replace_is_recovered(tmp_path):
     trainer = ToyTrainer()
     trainer.train_step()
     ckpt = Checkpointer(tmp_path, CheckpointConfig(async_save=False))
-    ckpt.save(trainer, reason="periodic")
-    ckpt.save(trainer, metrics={"valid_loss": 0.5}, is_best=True, reason="validation")  # same step, more facts
+    trainer.save(ckpt, reason="periodic")
+    trainer.save(ckpt, metrics={"valid_loss": 0.5}, is_best=True, reason="validation")  # same step, more facts
     entries = CheckpointStore(tmp_path / "checkpoints").committed()
     assert [e.step for e in entries] == [1] and entries[0].manifest.info["reason"] == "validation"
     # A crash between "rename the old one aside" and "rename the new one in": the old one comes back.
@@ -195,7 +195,7 @@ def test_same_step_save_replaces_and_interrupted_replace_is_recovered(tmp_path):
 def test_restart_moves_checkpoints_aside(tmp_path, caplog):
     _train_and_save(tmp_path, 2, CheckpointConfig())
     with caplog.at_level(logging.WARNING, logger="steadyvoice.checkpoint"):
-        assert Checkpointer(tmp_path, CheckpointConfig(), restart=True).restore(ToyTrainer()) is False
+        assert Checkpointer(tmp_path, CheckpointConfig(), restart=True).restore(ToyTrainer().parts) is False
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("checkpoints.restart-")]
     assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["step-00000001", "step-00000002"]
     assert "moved to" in caplog.text and "nothing deleted" in caplog.text
@@ -207,8 +207,8 @@ def test_resume_from_picks_that_checkpoint_and_sets_newer_ones_aside(tmp_path):
     expected = load_checkpoint(tmp_path / "checkpoints" / "step-00000002")
     fresh = ToyTrainer(seed=3)
     ckpt = Checkpointer(tmp_path, CheckpointConfig(), resume_from=tmp_path / "checkpoints" / "step-00000002")
-    assert ckpt.restore(fresh) and fresh.step == 2
-    assert torch.equal(fresh.model.state_dict()["0.weight"], expected.model["0.weight"])
+    assert ckpt.restore(fresh.parts) and fresh.step == 2
+    assert torch.equal(fresh.model.state_dict()["0.weight"], expected.tensors_of("model")["0.weight"])
     assert _steps(tmp_path) == [1, 2]  # step 3 belongs to the abandoned branch: moved, not deleted
     assert (ckpt.restored.set_aside / "step-00000003" / "manifest.json").exists()
 
@@ -218,7 +218,7 @@ def test_resume_from_a_damaged_checkpoint_is_an_error(tmp_path):
     target = tmp_path / "checkpoints" / "step-00000001"
     (target / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"--resume-from .*model.safetensors: is empty \(0 bytes\)"):
-        Checkpointer(tmp_path, CheckpointConfig(), resume_from=target).restore(ToyTrainer())
+        Checkpointer(tmp_path, CheckpointConfig(), resume_from=target).restore(ToyTrainer().parts)
 
 
 def test_restart_and_resume_from_exclude_each_other(tmp_path):
@@ -233,25 +233,26 @@ def test_load_best_weights_restores_weights_and_moments_not_counters(tmp_path):
     ckpt = Checkpointer(tmp_path, CheckpointConfig(keep_last=2))
     for _ in range(2):
         trainer.train_step()
-        ckpt.save(trainer, is_best=trainer.step == 2, reason="validation")
+        trainer.save(ckpt, is_best=trainer.step == 2, reason="validation")
     ckpt.close()
     best = load_checkpoint(tmp_path / "checkpoints" / "step-00000002")
     for _ in range(3):
         trainer.train_step()
-        ckpt.save(trainer, is_best=False, reason="validation")
+        trainer.save(ckpt, is_best=False, reason="validation")
     ckpt.close()
     before = {p.name: sorted(f.name for f in p.iterdir()) for p in (tmp_path / "checkpoints").iterdir()}
     digests = {e.path.name: e.manifest.digest for e in CheckpointStore(tmp_path / "checkpoints").committed()}
     lr_before = [g["lr"] for g in trainer.optimizer.param_groups]
     sched_before = trainer.schedule.state_dict()
 
-    path = ckpt.load_best_weights(trainer)
+    path = ckpt.load_best_weights(trainer.parts)
     assert path.name == "step-00000002"
     sd = trainer.state_dict()
-    for name, tensor in best.model.items():
+    for name, tensor in best.tensors_of("model").items():
         assert torch.equal(sd["model"][name], tensor)
-    for i, name in enumerate(trainer.param_names()):
-        assert torch.equal(sd["optimizer"]["state"][i]["exp_avg"], best.optimizer[f"exp_avg/{name}"])
+    best_moments = best.part_state("optimizer")["state"]
+    for name in trainer.param_names():
+        assert torch.equal(sd["optimizer"]["state"][name]["exp_avg"], best_moments[name]["exp_avg"])
     assert trainer.step == 5 and [g["lr"] for g in trainer.optimizer.param_groups] == lr_before
     assert trainer.schedule.state_dict() == sched_before
     after = {p.name: sorted(f.name for f in p.iterdir()) for p in (tmp_path / "checkpoints").iterdir()}
@@ -263,13 +264,13 @@ def test_load_best_weights_restores_weights_and_moments_not_counters(tmp_path):
 def test_load_best_weights_without_a_best_is_an_error(tmp_path):
     trainer = _train_and_save(tmp_path, 2, CheckpointConfig())
     with pytest.raises(CheckpointError, match="no checkpoint is marked best"):
-        Checkpointer(tmp_path, CheckpointConfig()).load_best_weights(trainer)
+        Checkpointer(tmp_path, CheckpointConfig()).load_best_weights(trainer.parts)
 
 
 def test_replica_check_compares_parameter_hashes(tmp_path):
     """The DDP replica check, with a stand-in context whose other rank holds different weights."""
     from steadyvoice.checkpoint.checkpointer import param_digest
-    from steadyvoice.train.distributed import DistContext
+    from steadyvoice.distributed import DistContext
 
     trainer = _train_and_save(tmp_path, 1, CheckpointConfig())
     other = ToyTrainer(seed=11)
@@ -277,23 +278,22 @@ def test_replica_check_compares_parameter_hashes(tmp_path):
     class TwoRanks(DistContext):
         def all_gather_object(self, obj):
             if isinstance(obj, str):
-                return [obj, param_digest(other.model.state_dict(), other.param_names())]
+                return [obj, param_digest({"model": other.model.state_dict()})]
             return [obj, obj]
 
     ckpt = Checkpointer(tmp_path, CheckpointConfig(), TwoRanks(rank=0, world_size=2))
     with pytest.raises(CheckpointError, match=r"model replicas differ at step 1: the parameters of rank\(s\) 1"):
-        ckpt.save(trainer)
+        trainer.save(ckpt)
     assert _steps(tmp_path) == [1]
     other.model.load_state_dict(trainer.model.state_dict())
-    ckpt.save(trainer)  # identical replicas: saved, with both ranks' RNG states
+    trainer.save(ckpt)  # identical replicas: saved, with both ranks' RNG states
     ckpt.close()
     state = load_checkpoint(tmp_path / "checkpoints" / "step-00000001").state
-    assert state["world_size"] == 2 and len(state["rng"]["ranks"]) == 2
+    assert state["world_size"] == 2 and len(state["parts"]["rng"]["ranks"]) == 2
 
 
 def test_resume_with_same_world_size_gives_each_rank_its_rng(tmp_path):
-    from steadyvoice.checkpoint.state import restore_state
-    from steadyvoice.train.distributed import DistContext
+    from steadyvoice.distributed import DistContext
 
     class TwoRanks(DistContext):
         def all_gather_object(self, obj):
@@ -306,17 +306,14 @@ def test_resume_with_same_world_size_gives_each_rank_its_rng(tmp_path):
     trainer = _train_and_save(tmp_path, 1, CheckpointConfig())
     rank0_rng = trainer.state_dict()["rng"]
     ckpt = Checkpointer(tmp_path, CheckpointConfig(async_save=False), TwoRanks(rank=0, world_size=2))
-    ckpt.save(trainer)
+    trainer.save(ckpt)
     content = load_checkpoint(tmp_path / "checkpoints" / "step-00000001")
-    current = ToyTrainer().state_dict()
-    sd0, notes0 = restore_state(content, current, trainer.param_names(), 0, 2)
-    sd1, _ = restore_state(content, current, trainer.param_names(), 1, 2)
-    assert notes0.rng == "own"
-    assert_same_state(sd0["rng"], rank0_rng)
+    assert_same_state(content.part_state("rng", 0, 2), rank0_rng)
     seed_all(1)
-    assert sd1["rng"]["python"] == random.getstate()
-    sd_single, notes = restore_state(content, current, trainer.param_names(), 0, 1)
-    assert notes.rng == "derived" and sd_single["rng"]["python"] != rank0_rng["python"]
+    assert content.part_state("rng", 1, 2)["python"] == random.getstate()
+    single = content.part_state("rng", 0, 1)  # another world size: re-derived
+    assert single["python"] != rank0_rng["python"]
+    assert_same_state(single, content.part_state("rng", 0, 1))  # deterministically
 
 
 def test_a_rank_reading_different_files_is_an_error(tmp_path):

@@ -84,3 +84,38 @@ def test_override_syntax_errors():
         apply_overrides({}, ["optim.lr"])
     with pytest.raises(ConfigError, match="'steps' is not a section"):
         apply_overrides({"steps": 1}, ["steps.x=1"])
+
+
+# ------------------------------------------------------------------ training config: --set is blamed, not the recipe
+
+RECIPE = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes" / "tiny-cpu.yaml"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", r"^--set optim\.lrr=1: unknown config key 'optim\.lrr'; valid keys here: .*\blr\b"),
+        ("bogus.x=1", r"^--set bogus\.x=1: unknown config key 'bogus'"),
+        ("optim.lr=abc", r"^--set optim\.lr=abc: optim\.lr: expected a number, got 'abc'"),
+        ("model.overrides.model_dimm=3", r"^--set model\.overrides\.model_dimm=3: unknown config key"),
+        ("model.name=nope", r"^--set model\.name=nope: model\.name: unknown model config 'nope'"),
+        ("train.seed.x=1", r"^--set: override 'train\.seed\.x=1': 'seed' is not a section"),
+    ],
+)
+def test_a_typo_in_set_is_blamed_on_the_override_not_the_recipe(override, message):
+    from steadyvoice.train.config import load_train_config
+
+    with pytest.raises(ConfigError, match=message) as info:
+        load_train_config(RECIPE, ["train.seed=3", override, "train.max_steps=5"])
+    assert "tiny-cpu.yaml" not in str(info.value)
+
+
+def test_a_typo_in_the_recipe_is_still_blamed_on_the_recipe(tmp_path):
+    from steadyvoice.train.config import load_train_config
+
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text(RECIPE.read_text().replace("optim:\n", "optim:\n  lrr: 1.0\n", 1))
+    assert "lrr" in recipe.read_text()
+    for overrides in ([], ["optim.lr=0.01", "train.seed=3"]):  # an override of the same section is not blamed
+        with pytest.raises(ConfigError, match=r"typo\.yaml: unknown config key 'optim\.lrr'"):
+            load_train_config(recipe, overrides)

@@ -297,6 +297,22 @@ def test_crop_longer_than_every_file(corpus):
         build_training_data(data_config(*corpus, crop_seconds=4.0), sample_rate=SR, seed=0, valid_batch_size=2)
 
 
+def test_files_shorter_than_the_crop_are_named_in_the_warning(corpus, caplog):
+    clean, noise = corpus
+    rng = np.random.default_rng(5)
+    short = [clean / f"short{i:02d}.wav" for i in range(13)]
+    for path in short:
+        write_audio(path, speech_like(rng, 0.5), SR)
+    with caplog.at_level(logging.WARNING, logger="steadyvoice"):
+        build_training_data(data_config(clean, noise), sample_rate=SR, seed=0, valid_batch_size=2)
+    [msg] = [r.getMessage() for r in caplog.records if "shorter than the 1 s crop" in r.getMessage()]
+    assert "13 of 19 clean files" in msg
+    named = [path for path in short if path.name in msg]
+    assert short[0].name in msg and 3 <= len(named) < 13  # the first few by name ...
+    assert f"and {13 - len(named)} more" in msg  # ... and how many more
+    assert "c0.wav" not in msg  # files long enough are not named
+
+
 def test_silent_files_are_refused(corpus):
     clean, noise = corpus
     write_audio(clean / "silence.wav", np.zeros(2 * SR, dtype=np.float32), SR)
@@ -307,7 +323,7 @@ def test_silent_files_are_refused(corpus):
 def test_malformed_pair_list(tmp_path):
     (tmp_path / "pairs.scp").write_text("a.wav\n")
     cfg = from_dict(DataConfig, {"pairs": [str(tmp_path / "pairs.scp")]})
-    with pytest.raises(DataError, match="entry 1 has 1 fields"):
+    with pytest.raises(DataError, match=r"pairs\.scp, line 1: 1 field\(s\)"):
         build_training_data(cfg, sample_rate=SR, seed=0, valid_batch_size=2)
 
 

@@ -48,9 +48,9 @@ def scores():
     enhanced = Enhancer.from_pretrained("default")(noisy[:, 0], sr)
     ref, noisy = clean[:, 0], noisy[:, 0]
     return {
-        "noisy": {"si_sdr": si_sdr(ref, noisy), "pesq_wb": pesq_wb(ref, noisy, sr), "stoi": stoi(ref, noisy, sr)},
-        "enhanced": {"si_sdr": si_sdr(ref, enhanced), "pesq_wb": pesq_wb(ref, enhanced, sr),
-                     "stoi": stoi(ref, enhanced, sr)},
+        "noisy": {"si_sdr": si_sdr(noisy, ref), "pesq_wb": pesq_wb(noisy, ref, sr), "stoi": stoi(noisy, ref, sr)},
+        "enhanced": {"si_sdr": si_sdr(enhanced, ref), "pesq_wb": pesq_wb(enhanced, ref, sr),
+                     "stoi": stoi(enhanced, ref, sr)},
     }
 
 

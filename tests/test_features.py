@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from steadyvoice.features import enhance_waveform, fbank_features, frame_count, istft, stft
+from steadyvoice.features import (
+    cropped_length, enhance_waveform, fbank_features, frame_count, istft, one_pass, padded_length, stft,
+)
 from steadyvoice.models import build_model, get_config, load_state_dict_strict
 from steadyvoice.models.clearervoice import config_from_constructor_args, official_to_ours
 
@@ -84,9 +86,14 @@ def test_unit_mask_gives_back_the_input_for_any_length(n):
 
 def test_stft_istft_round_trip():
     torch.manual_seed(0)
-    x = torch.randn(3, 1920 + 384 * 9)
+    x = torch.randn(3, 1920 + 384 * 9, dtype=torch.float64)
     y = istft(stft(x, CFG), CFG, length=x.shape[-1])
-    torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(y, x, atol=1e-9, rtol=0)  # float64: the round trip itself is exact
+    # float32 (what the model runs in): samples up to ~4 through a 1920-point FFT and back lose about
+    # 5e-6, and how much depends on torch's FFT backend (MKL, pocketfft); 1e-4 still catches any window
+    # or normalisation error, which are of order 1.
+    y32 = istft(stft(x.float(), CFG), CFG, length=x.shape[-1])
+    torch.testing.assert_close(y32, x.float(), atol=1e-4, rtol=0)
 
 
 def test_batch_rows_are_independent_and_silence_hits_the_floor():
@@ -131,3 +138,36 @@ def test_16k_signal_setup():
 def test_rejects_non_batched_input():
     with pytest.raises(ValueError, match=r"\(batch, samples\)"):
         fbank_features(torch.zeros(48000), CFG)
+
+
+def test_one_pass_lengths_and_what_autocast_wraps():
+    # padded_length rounds N up to win + k*hop (inference), cropped_length down (training): 1920 + 384 k here.
+    assert [padded_length(n, CFG) for n in (1, 1920, 1921, 2304, 2305)] == [1920, 1920, 2304, 2304, 2688]
+    assert [cropped_length(n, CFG) for n in (1920, 2303, 2304, 2305)] == [1920, 1920, 2304, 2304]
+    with pytest.raises(ValueError, match="at least win_length=1920"):
+        cropped_length(1919, CFG)
+    entered = []
+
+    class Recorder:  # stands in for torch.autocast: must be entered around the network call only
+        def __enter__(self):
+            entered.append("enter")
+
+        def __exit__(self, *exc):
+            entered.append("exit")
+
+    class Model(ConstantMask):
+        def forward(self, features):
+            entered.append("model")
+            return super().forward(features).half()  # as autocast would return it
+
+    x = 0.1 * torch.randn(2, 2305)
+    out = one_pass(Model(CFG), x, CFG, autocast=Recorder())
+    assert entered == ["enter", "model", "exit"]
+    assert out.mask.dtype == torch.float32 and out.mask.shape == (2, frame_count(2688, CFG), 961)
+    assert out.noisy_spec.shape == (2, 961, frame_count(2688, CFG)) and out.enhanced.shape == (2, 2688)
+    torch.testing.assert_close(out.enhanced[:, :2305], x, atol=1e-5, rtol=0)  # unit mask: the input back
+    assert out.enhanced[:, 2305:].abs().max() < 1e-6  # ... then the zero padding
+    torch.testing.assert_close(enhance_waveform(ConstantMask(CFG), x, CFG), out.enhanced[:, :2305], atol=0, rtol=0)
+    cropped = x[:, :cropped_length(2305, CFG)]  # training: frame-aligned already, nothing is padded
+    train = one_pass(ConstantMask(CFG), cropped, CFG, reconstruct=False)
+    assert train.enhanced is None and train.noisy_spec.shape[-1] == frame_count(2304, CFG)

@@ -13,7 +13,7 @@ import torch
 
 from faultinject import RECIPE, make_data, overrides, train_inprocess
 from steadyvoice.checkpoint.api import load_checkpoint
-from steadyvoice.checkpoint.legacy import find_checkpoint, import_clearervoice
+from steadyvoice.legacy import find_checkpoint, import_clearervoice
 from steadyvoice.cli import main as cli
 from steadyvoice.errors import CheckpointError
 
@@ -83,29 +83,29 @@ def test_import_resumes_with_mapped_state_and_repaired_lr(tmp_path, corpus, capl
         code = cli(["ckpt", "import-clearervoice", str(src), str(dest), "--config", str(RECIPE),
                     *[a for s in sets for a in ("--set", s)]])
     assert code == 0
-    assert "lacked 'lr', 'initial_lr'; repaired from the config: lr=0.001, initial_lr=0.001" in caplog.text
+    assert "lacked hyperparameters; repaired from the config: param group 0: 'lr'=0.001, 'initial_lr'=0.001" in caplog.text
 
     content = load_checkpoint(dest / "checkpoints" / "step-00000003")  # 3 Adam steps
     for name, tensor in newest["model"].items():
-        assert torch.equal(content.model[name], tensor), name  # weights mapped back exactly ("module." stripped)
-    names = content.state["optimizer"]["param_names"]
+        assert torch.equal(content.tensors_of("model")[name], tensor), name  # mapped back exactly ("module." stripped)
+    optimizer = content.part_state("optimizer")
+    names = [n for g in optimizer["param_groups"] for n in g["params"]]
     index_of_key = {k: i for i, k in enumerate(k for k in newest["keys"] if not k.endswith("inv_freq"))}
     weight = "blocks.0.fsmn.in_proj.weight"  # a 1x1 conv of theirs: (out, in, 1) -> our Linear (out, in)
     their_key = "mossformer.mdl.intra_mdl.mossformerM.fsmn.0.conv1.0.weight"
     their_moment = newest["optimizer"]["state"][index_of_key[their_key]]["exp_avg"]
     assert their_moment.shape[-1] == 1 and weight in names
-    assert torch.equal(content.optimizer[f"exp_avg/{weight}"], their_moment.squeeze(-1))
-    assert float(content.optimizer[f"step/{weight}"]) == 3.0
-    for group in content.state["optimizer"]["param_groups"]:
-        assert group["hyperparameters"]["lr"] == 0.001 and group["hyperparameters"]["initial_lr"] == 0.001
-    trainer_state = content.trainer_parts()
-    assert trainer_state["data"]["epoch"] == 3 and trainer_state["data"]["consumed"] == 0
-    assert trainer_state["progress"]["step"] == 3 and trainer_state["progress"]["micro_step"] == 120
+    assert torch.equal(optimizer["state"][weight]["exp_avg"], their_moment.squeeze(-1))
+    assert float(optimizer["state"][weight]["step"]) == 3.0
+    for group in optimizer["param_groups"]:
+        assert group["lr"] == 0.001 and group["initial_lr"] == 0.001
+    assert content.part_state("data") == {"epoch": 3, "consumed": 0, "num_examples": 8}
+    assert content.part_state("progress")["step"] == 3 and content.part_state("progress")["micro_step"] == 120
     assert "model.ckpt-3-120.pt" in content.state["reason"]
 
     # `steadyvoice train --run-dir DEST` continues from it (same config, same code path as the CLI).
     assert train_inprocess(dest, sets).reason == "max_steps"
-    assert load_checkpoint(dest / "checkpoints" / "step-00000005").trainer_parts()["data"]["epoch"] >= 3
+    assert load_checkpoint(dest / "checkpoints" / "step-00000005").part_state("data")["epoch"] >= 3
 
 
 def test_halved_lr_is_kept_and_epoch_finished_moves_on(tmp_path, corpus):
@@ -116,11 +116,10 @@ def test_halved_lr_is_kept_and_epoch_finished_moves_on(tmp_path, corpus):
     result = import_clearervoice(src, tmp_path / "run", config=RECIPE, overrides=overrides(corpus, 9),
                                  epoch_finished=True)
     assert result.source.name == "model.ckpt-4-50.pt" and result.epoch == 5
-    assert result.repaired == ["param group 0 lacked 'initial_lr'; repaired from the config: lr=0.00025, initial_lr=0.001"]
+    assert result.repaired == ["param group 0: 'initial_lr'=0.001", "param group 1: 'initial_lr'=0.001"]
     content = load_checkpoint(result.checkpoint)
-    parts = content.trainer_parts()
-    assert parts["schedule"]["scale"] == 0.25 and parts["schedule"]["decays"] == 2  # 2.5e-4 of the 1e-3 recipe lr
-    assert all(g["hyperparameters"]["lr"] == 2.5e-4 for g in content.state["optimizer"]["param_groups"])
+    assert content.part_state("schedule") == {"scale": 0.25}  # 2.5e-4 of the 1e-3 recipe lr
+    assert all(g["lr"] == 2.5e-4 for g in content.part_state("optimizer")["param_groups"])
 
 
 def test_only_last_best_pointer_is_used_not_a_silent_fresh_start(tmp_path):

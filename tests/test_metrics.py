@@ -54,11 +54,16 @@ def clean() -> np.ndarray:
 # --- SI-SDR ---------------------------------------------------------------------------------------
 
 def test_si_sdr_is_scale_invariant(clean):
-    est = add_noise(clean, 5.0)
-    base = si_sdr(clean, est)
-    assert si_sdr(clean, 3.7 * est) == pytest.approx(base, abs=1e-9)
-    assert si_sdr(0.2 * clean, est) == pytest.approx(base, abs=1e-6)  # float32 input: rounding only
-    assert si_sdr(clean, est + 0.5) == pytest.approx(base, abs=1e-6)  # zero-mean: a DC offset is ignored
+    # Scaled and shifted copies are made in float64: `3.7 * est` on the float32 array would round every
+    # sample (relative 6e-8) and move the result by about 1e-9 dB, a sum of rounding errors that depends
+    # on the numpy build's sin/lfilter. In float64 the only error left is the metric's own (about 1e-14 dB;
+    # BLAS dot products may sum in another order, so no exact equality).
+    ref = clean.astype(np.float64)
+    est = add_noise(clean, 5.0).astype(np.float64)
+    base = si_sdr(est, ref)
+    assert si_sdr(3.7 * est, ref) == pytest.approx(base, abs=1e-9)
+    assert si_sdr(est, 0.2 * ref) == pytest.approx(base, abs=1e-9)
+    assert si_sdr(est + 0.5, ref) == pytest.approx(base, abs=1e-9)  # zero-mean: a DC offset is ignored
 
 
 def test_si_sdr_of_identical_signals_is_very_large_but_finite(clean):
@@ -75,18 +80,18 @@ def test_si_sdr_equals_the_snr_of_an_orthogonal_mixture(clean, snr_db, gain):
     noise -= (noise @ ref) / (ref @ ref) * ref  # orthogonal to the reference: the projection is exact
     noise *= np.linalg.norm(gain * ref) / np.linalg.norm(noise) / 10 ** (snr_db / 20)
     # est = gain * ref + noise: target = gain * ref, so SI-SDR = 10 log10(|gain ref|^2 / |noise|^2) = snr_db
-    assert si_sdr(ref, gain * ref + noise) == pytest.approx(snr_db, abs=1e-6)
+    assert si_sdr(gain * ref + noise, ref) == pytest.approx(snr_db, abs=1e-6)
 
 
 def test_si_sdr_of_independent_noise_is_close_to_the_snr(clean):
-    assert si_sdr(clean, add_noise(clean, 10.0)) == pytest.approx(10.0, abs=0.2)
+    assert si_sdr(add_noise(clean, 10.0), clean) == pytest.approx(10.0, abs=0.2)
 
 
 def test_si_sdr_refuses_silence_and_length_mismatch(clean):
     with pytest.raises(AudioError, match="reference is silent"):
-        si_sdr(np.zeros_like(clean), clean)
-    with pytest.raises(AudioError, match="signal to judge is silent"):
         si_sdr(clean, np.zeros_like(clean))
+    with pytest.raises(AudioError, match="signal to judge is silent"):
+        si_sdr(np.zeros_like(clean), clean)
     with pytest.raises(AudioError, match="differ in length: 48000 and 47999"):
         si_sdr(clean, clean[:-1])
 
@@ -107,9 +112,9 @@ def test_every_intrusive_metric_rises_with_the_snr(clean):
     scores = []
     for snr in (0.0, 15.0, 30.0):  # wide steps: wide-band PESQ is harsh on white noise
         noisy = add_noise(clean, snr)
-        c = composite(clean, noisy, SR)
-        scores.append([pesq_wb(clean, noisy, SR), pesq_nb(clean, noisy, SR), stoi(clean, noisy, SR),
-                       estoi(clean, noisy, SR), si_sdr(clean, noisy), c["csig"], c["cbak"], c["covl"]])
+        c = composite(noisy, clean, SR)
+        scores.append([pesq_wb(noisy, clean, SR), pesq_nb(noisy, clean, SR), stoi(noisy, clean, SR),
+                       estoi(noisy, clean, SR), si_sdr(noisy, clean), c["csig"], c["cbak"], c["covl"]])
     low, mid, high = np.array(scores)
     assert (low < mid).all() and (mid < high).all(), scores
 
@@ -118,15 +123,15 @@ def test_pesq_resamples_and_checks_the_rate(clean):
     noisy = add_noise(clean, 10.0)
     from steadyvoice.audio import resample
 
-    at_48k = pesq_wb(resample(clean, SR, 48000), resample(noisy, SR, 48000), 48000)
-    assert at_48k == pytest.approx(pesq_wb(clean, noisy, SR), abs=0.1)
+    at_48k = pesq_wb(resample(noisy, SR, 48000), resample(clean, SR, 48000), 48000)
+    assert at_48k == pytest.approx(pesq_wb(noisy, clean, SR), abs=0.1)
     with pytest.raises(AudioError, match="16 kHz or more, not 8000 Hz"):
-        pesq_wb(clean[::2], noisy[::2], 8000)
+        pesq_wb(noisy[::2], clean[::2], 8000)
 
 
 def test_undefined_pesq_and_stoi_raise_clear_errors(clean):
     with pytest.raises(AudioError, match="reference is silent"):
-        pesq_wb(np.zeros_like(clean), clean, SR)
+        pesq_wb(clean, np.zeros_like(clean), SR)
     with pytest.raises(AudioError, match="at least 0.25 s"):
         pesq_nb(clean[:1600], clean[:1600], SR)
     with pytest.raises(AudioError, match="at least 0.4 s of speech"):
@@ -135,9 +140,9 @@ def test_undefined_pesq_and_stoi_raise_clear_errors(clean):
 
 def test_composite_uses_the_published_coefficients(clean):
     noisy = add_noise(clean, 15.0)
-    base = composite(clean, noisy, SR)
-    shifted = composite(clean, noisy, SR, pesq_wb_score=base["pesq_wb"] + 0.5)
-    assert base["pesq_wb"] == pytest.approx(pesq_wb(clean, noisy, SR))
+    base = composite(noisy, clean, SR)
+    shifted = composite(noisy, clean, SR, pesq_wb_score=base["pesq_wb"] + 0.5)
+    assert base["pesq_wb"] == pytest.approx(pesq_wb(noisy, clean, SR))
     assert 1.0 < base["csig"] < 4.5 and 1.0 < shifted["csig"] < 5.0  # unclipped, so the slopes show
     assert shifted["csig"] - base["csig"] == pytest.approx(0.603 * 0.5)
     assert shifted["cbak"] - base["cbak"] == pytest.approx(0.478 * 0.5)
@@ -263,14 +268,14 @@ def test_score_pair_averages_channels(clean):
     other = speech_like(3.0, seed=5)
     ref = np.stack([clean, other], axis=1)  # (N, 2)
     est = np.stack([add_noise(clean, 5.0), add_noise(other, 15.0)], axis=1)
-    scores = score_pair(ref, est, SR, ["si_sdr", "stoi"])
-    assert scores["si_sdr"] == pytest.approx((si_sdr(clean, est[:, 0]) + si_sdr(other, est[:, 1])) / 2)
-    assert scores["stoi"] == pytest.approx((stoi(clean, est[:, 0], SR) + stoi(other, est[:, 1], SR)) / 2)
+    scores = score_pair(est, ref, SR, ["si_sdr", "stoi"])
+    assert scores["si_sdr"] == pytest.approx((si_sdr(est[:, 0], clean) + si_sdr(est[:, 1], other)) / 2)
+    assert scores["stoi"] == pytest.approx((stoi(est[:, 0], clean, SR) + stoi(est[:, 1], other, SR)) / 2)
 
 
 def test_score_pair_names_the_failing_metric_and_channel(clean):
     ref = np.stack([clean, np.zeros_like(clean)], axis=1)
     with pytest.raises(AudioError, match=r"reference is silent.*\(channel 1\)"):
-        score_pair(ref, ref + 0.01, SR, ["si_sdr"])
+        score_pair(ref + 0.01, ref, SR, ["si_sdr"])
     with pytest.raises(AudioError, match="^pesq_nb: PESQ \\(nb\\) needs at least 0.25 s"):
         score_pair(clean[:1000], clean[:1000], SR, ["si_sdr", "pesq_nb"])

@@ -157,8 +157,8 @@ def test_ddp_resume_is_bit_identical(ddp_straight, corpus, tmp_path):
     _torchrun(tmp_path / "record", run_dir, overrides(corpus, 6, DDP))
     assert compare_runs(ddp_straight / "run", run_dir) == []
     state = load_checkpoint(final_checkpoint(run_dir)).state
-    assert state["world_size"] == 2 and len(state["rng"]["ranks"]) == 2
-    assert state["rng"]["ranks"][0] != state["rng"]["ranks"][1]  # each rank's own RNG saved and restored
+    assert state["world_size"] == 2 and len(state["parts"]["rng"]["ranks"]) == 2
+    assert state["parts"]["rng"]["ranks"][0] != state["parts"]["rng"]["ranks"][1]  # each rank's own RNG saved and restored
 
 
 def test_world_size_2_to_1_skips_and_repeats_no_example(ddp_straight, corpus, tmp_path):
@@ -168,8 +168,8 @@ def test_world_size_2_to_1_skips_and_repeats_no_example(ddp_straight, corpus, tm
     # What the two processes trained on in epoch 1 up to step k: one global batch, rank 0 then rank 1.
     before = _first_batch_of_epoch(ddp_straight / "record", 0, 1) + _first_batch_of_epoch(ddp_straight / "record", 1, 1)
     assert before == order[:4]
-    consumed = load_checkpoint(run_dir / "checkpoints" / f"step-{k:08d}").trainer_parts()["data"]
-    assert consumed == {"epoch": 1, "consumed": 4, "num_examples": 8, "seed": SEED}
+    consumed = load_checkpoint(run_dir / "checkpoints" / f"step-{k:08d}").part_state("data")
+    assert consumed == {"epoch": 1, "consumed": 4, "num_examples": 8}
     undo = record_batches(tmp_path / "record", 0)
     try:
         result = train_inprocess(run_dir, overrides(corpus, 6, DDP))
@@ -192,5 +192,5 @@ def test_world_size_1_to_2_skips_and_repeats_no_example(straight, corpus, tmp_pa
     assert sorted(epoch1_before + _epoch_examples(after, 1)) == list(range(8))
     state = load_checkpoint(final_checkpoint(run_dir)).state
     assert state["step"] == 7 and state["world_size"] == 2
-    assert state["trainer"]["data"]["epoch"] == 2 and state["trainer"]["data"]["consumed"] == 0
+    assert state["parts"]["data"]["state"] == {"epoch": 2, "consumed": 0, "num_examples": 8}
     assert np.array_equal(sorted(_epoch_examples(after, 1)), sorted(epoch_permutation(8, SEED, 1)[4:]))

@@ -210,7 +210,7 @@ def test_multichannel_files_average_the_channel_scores(tmp_path):
     write_audio(tmp_path / "ref" / "st.wav", np.stack([x0, x1], axis=1), SR, subtype="FLOAT")
     write_audio(tmp_path / "est" / "st.wav", np.stack([y0, y1], axis=1), SR, subtype="FLOAT")
     result = score_directories(tmp_path / "ref", tmp_path / "est", None, ["si_sdr"], jobs=1)
-    expected = (si_sdr(x0, y0) + si_sdr(x1, y1)) / 2
+    expected = (si_sdr(y0, x0) + si_sdr(y1, x1)) / 2
     assert result.rows[0]["estimate"]["si_sdr"] == pytest.approx(expected, abs=1e-4)
 
 

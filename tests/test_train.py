@@ -19,7 +19,7 @@ from steadyvoice.audio import write_audio
 from steadyvoice.data import build_training_data
 from steadyvoice.errors import ConfigError, DataError, SteadyVoiceError
 from steadyvoice.train.config import ScheduleConfig, TrainConfig, check_resume_config, load_train_config
-from steadyvoice.train.loop import Trainer
+from steadyvoice.train.loop import Progress, Trainer
 from steadyvoice.train.losses import neg_si_snr, psm_mse, si_sdr
 from steadyvoice.train.rundir import prepare_run_dir
 from steadyvoice.train.schedule import EarlyStopping, LRSchedule
@@ -99,7 +99,8 @@ def same_optimizer_state(a: torch.optim.Optimizer, b: torch.optim.Optimizer) -> 
 def test_config_errors_name_the_key(override, match):
     with pytest.raises(SteadyVoiceError, match=match) as info:
         load_train_config(TINY, [override])
-    assert "tiny-cpu.yaml" in str(info.value)  # which file
+    assert str(info.value).startswith(f"--set {override}: ")  # the override is at fault, not the recipe
+    assert "tiny-cpu.yaml" not in str(info.value)
 
 
 def test_recipes_parse():
@@ -167,10 +168,12 @@ def test_si_sdr_is_scale_invariant_and_knows_a_perfect_estimate():
 def test_plateau_halves_every_group_and_keeps_counters():
     params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
     opt = torch.optim.Adam([{"params": [params[0]], "lr": 1e-3}, {"params": [params[1]], "lr": 4e-3}])
-    sched = LRSchedule(opt, warmup_steps=4)
+    progress = Progress()
+    sched = LRSchedule(opt, progress, warmup_steps=4)
     assert sched.lrs() == pytest.approx([2.5e-4, 1e-3])  # first warmup step
     for _ in range(4):
-        sched.advance()
+        progress.step += 1
+        sched.apply()
     assert sched.lrs() == pytest.approx([1e-3, 4e-3])
     early = EarlyStopping(ScheduleConfig(kind="plateau", patience=2, stop_patience=5, factor=0.5))
     decisions = []
@@ -188,28 +191,30 @@ def test_plateau_halves_every_group_and_keeps_counters():
     again = EarlyStopping(early.cfg)
     again.load_state_dict(json.loads(json.dumps(early.state_dict())))
     assert again.state_dict() == early.state_dict()
-    sched2 = LRSchedule(opt, warmup_steps=4)
+    sched2 = LRSchedule(opt, progress, warmup_steps=4)
     sched2.load_state_dict(json.loads(json.dumps(sched.state_dict())))
+    assert sched.state_dict() == {"scale": 0.25}  # the step lives in the progress counter only
     assert sched2.lrs() == pytest.approx([2.5e-4, 1e-3])
 
 
 def test_cosine_decays_every_group_after_the_warmup_and_resumes_from_its_step():
     params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
     opt = torch.optim.AdamW([{"params": [params[0]], "lr": 1e-3}, {"params": [params[1]], "lr": 2e-3}])
-    sched = LRSchedule(opt, warmup_steps=2, decay_steps=4, min_lr_ratio=0.1)
+    progress = Progress()
+    sched = LRSchedule(opt, progress, warmup_steps=2, decay_steps=4, min_lr_ratio=0.1)
     seen = [sched.lrs()[0]]
     for _ in range(8):
-        sched.advance()
+        progress.step += 1
+        sched.apply()
         seen.append(sched.lrs()[0])
     # warmup 5e-4, 1e-3; then 1e-3 * (0.1 + 0.9 * (1 + cos(pi * k / 4)) / 2) for k = 0..4; then the floor
     expected = [5e-4, 1e-3] + [1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * k / 4))) for k in range(5)] + [1e-4] * 2
     assert seen == pytest.approx(expected)
     assert sched.lrs()[1] == pytest.approx(2e-4)  # the second group follows at its own lr
-    again = LRSchedule(opt, warmup_steps=2, decay_steps=4, min_lr_ratio=0.1)
+    again = LRSchedule(opt, Progress(step=4), warmup_steps=2, decay_steps=4, min_lr_ratio=0.1)
     for group in opt.param_groups:
         group["lr"] = 123.0  # whatever the optimizer holds, loading the state writes the scheduled LR
-    state = json.loads(json.dumps({**sched.state_dict(), "step": 4}))
-    again.load_state_dict(state)
+    again.load_state_dict(json.loads(json.dumps(sched.state_dict())))
     assert again.lrs() == pytest.approx([expected[4], 2 * expected[4]])
     # cosine only tracks the best validation: no reload, no stop
     early = EarlyStopping(ScheduleConfig(kind="cosine", decay_steps=4, patience=1, stop_patience=1))
@@ -311,9 +316,9 @@ def test_plateau_reloads_best_weights_and_halves_every_group(tmp_path, corpus):
     reloads = []
     original = trainer._memory_best.load_best_weights
 
-    def spy(t):
-        original(t)
-        reloads.append((t.step, {k: v.clone() for k, v in t.model.state_dict().items()}))
+    def spy(parts):
+        original(parts)
+        reloads.append((trainer.step, {k: v.clone() for k, v in trainer.model.state_dict().items()}))
 
     trainer._memory_best.load_best_weights = spy
     assert trainer.fit() == "early_stop"
@@ -325,7 +330,7 @@ def test_plateau_reloads_best_weights_and_halves_every_group(tmp_path, corpus):
     assert trainer.step == 5 and [r["step"] for r in logged(tmp_path)] == [1, 2, 3, 4, 5]  # counters not rolled back
     assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.01 and trainer.optimizer.param_groups[1]["weight_decay"] == 0
     step, weights = reloads[0]
-    assert step == 3 and same_tensors(weights, trainer._memory_best.model)  # the weights of step 1, the best
+    assert step == 3 and same_tensors(weights, trainer._memory_best.states["model"])  # the weights of step 1, the best
 
 
 class RecordingCheckpointer:
@@ -337,22 +342,24 @@ class RecordingCheckpointer:
         self.signal_at_step = signal_at_step
         self.restored = None
 
-    def restore(self, trainer) -> bool:
-        self.calls.append(("restore", trainer.step))
+    def restore(self, parts) -> bool:
+        self.calls.append(("restore", parts["progress"].step))
         if self.saved:
-            trainer.load_state_dict(copy.deepcopy(self.saved[-1]))
-            self.restored = RestoreInfo(path=Path("memory"), step=trainer.step, epoch=trainer.epoch, digest="")
+            for name, part in parts.items():
+                part.load_state_dict(copy.deepcopy(self.saved[-1][name]))
+            step, epoch = parts["progress"].step, parts["data"].position.epoch
+            self.restored = RestoreInfo(path=Path("memory"), step=step, epoch=epoch, digest="")
             return True
         return False
 
-    def save(self, trainer, *, metrics, is_best, reason):
-        self.calls.append(("save", trainer.step, reason, is_best, sorted(metrics)))
-        self.saved.append(copy.deepcopy(trainer.state_dict()))
-        if trainer.step == self.signal_at_step:
+    def save(self, parts, *, step, epoch, metrics, is_best, reason):
+        self.calls.append(("save", step, reason, is_best, sorted(metrics)))
+        self.saved.append(copy.deepcopy({name: part.state_dict() for name, part in parts.items()}))
+        if step == self.signal_at_step:
             os.kill(os.getpid(), signal.SIGUSR1)  # arrives while the loop runs; it finishes the next step
 
-    def load_best_weights(self, trainer) -> None:
-        self.calls.append(("load_best_weights", trainer.step))
+    def load_best_weights(self, parts) -> None:
+        self.calls.append(("load_best_weights", parts["progress"].step))
 
     def close(self) -> None:
         self.calls.append(("close",))

@@ -1,11 +1,11 @@
 """Checkpoints that never lose a run: pickle-free, verified, atomic, exactly resumable.
 
-Modules (read in this order): :mod:`~steadyvoice.checkpoint.format` (files, manifest, verification),
-:mod:`~steadyvoice.checkpoint.store` (atomic commit, retention, clean-up), :mod:`~steadyvoice.checkpoint.state`
-(trainer state <-> files, optimizer by parameter name, validated restore, RNG),
-:mod:`~steadyvoice.checkpoint.writer` (background writer), :mod:`~steadyvoice.checkpoint.api` (reading,
-listing, inspection, weights-only loading, export), :mod:`~steadyvoice.checkpoint.checkpointer` (what the
-trainer calls), :mod:`~steadyvoice.checkpoint.legacy` (ClearerVoice training directories).
+Modules (read in this order): format (files, manifest, verification), store (atomic commit, retention,
+clean-up), parts (the named stateful parts a trainer registers: model, optimizer by parameter name, RNG),
+state (parts <-> files, host snapshot, RNG re-derivation), v1 (reading format version 1), writer
+(background writer), api (reading, listing, inspection, weights-only loading, export), checkpointer (what
+a trainer calls). The package knows nothing of training: it imports nothing from steadyvoice.train. The
+ClearerVoice training-directory import, which needs both, is steadyvoice.legacy.
 
 Imports are lazy so that ``steadyvoice.checkpoint.config`` (read by the training config) stays light.
 """
@@ -24,7 +24,9 @@ _EXPORTS = {
     "inspect_checkpoint": "steadyvoice.checkpoint.api",
     "export_checkpoint": "steadyvoice.checkpoint.api",
     "CorruptCheckpointError": "steadyvoice.checkpoint.format",
-    "import_clearervoice": "steadyvoice.checkpoint.legacy",
+    "ModelState": "steadyvoice.checkpoint.parts",
+    "OptimizerState": "steadyvoice.checkpoint.parts",
+    "RNGState": "steadyvoice.checkpoint.parts",
 }
 
 __all__ = list(_EXPORTS)

@@ -14,29 +14,29 @@ from typing import Any
 
 import torch
 
+from steadyvoice.checkpoint import v1
 from steadyvoice.checkpoint.format import (
     MANIFEST_FILE,
-    MODEL_FILE,
-    OPTIMIZER_FILE,
-    REQUIRED_FILES,
     STATE_FILE,
-    STATE_TENSORS_FILE,
     CorruptCheckpointError,
     Problem,
     VerifyReport,
+    check_part_files,
     check_state_json,
     parse_step_dir_name,
+    part_file,
     read_manifest,
     read_verified,
     verify_dir,
 )
-from steadyvoice.checkpoint.state import Content, check_model_keys, parse_tensors
+from steadyvoice.checkpoint.state import Content, parse_tensors
 from steadyvoice.checkpoint.store import CheckpointStore, Entry, parallel_map
-from steadyvoice.errors import CheckpointError
+from steadyvoice.errors import EXIT_FAILED, CheckpointError
 
 log = logging.getLogger("steadyvoice.checkpoint")
 
 CHECKPOINTS_DIR = "checkpoints"
+MODEL_PART = "model"  # the part that holds the inference model (what export and --init-from read)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -44,56 +44,48 @@ def load_checkpoint(ckpt_dir: str | Path) -> Content:
     """Read one checkpoint, checking every file's size and SHA-256 before its bytes are parsed."""
     ckpt_dir = Path(ckpt_dir)
     manifest = read_manifest(ckpt_dir)
+    names = sorted(manifest.files)
     # Files are read and hashed in parallel: file reads and hashlib's SHA-256 release the GIL.
-    blobs = parallel_map(lambda name: read_verified(ckpt_dir, manifest, name), list(REQUIRED_FILES), workers=2)
-    raw = dict(zip(REQUIRED_FILES, blobs))
-    state = check_state_json(ckpt_dir / STATE_FILE, raw[STATE_FILE])
+    blobs = parallel_map(lambda name: read_verified(ckpt_dir, manifest, name), names, workers=2)
+    raw = dict(zip(names, blobs))
+    state = check_state_json(ckpt_dir / STATE_FILE, raw.pop(STATE_FILE))
+    if state.get("format_version") == 1:
+        state = v1.upgrade(state)
+    else:
+        check_part_files(ckpt_dir / STATE_FILE, state, manifest)
     if state.get("step") != manifest.step:
         raise CorruptCheckpointError([Problem(ckpt_dir / STATE_FILE, f"says step {state.get('step')}, manifest.json says {manifest.step}")])
-    return Content(
-        path=ckpt_dir,
-        digest=manifest.digest,
-        step=manifest.step,
-        state=state,
-        model=parse_tensors(ckpt_dir / MODEL_FILE, raw.pop(MODEL_FILE)),
-        optimizer=parse_tensors(ckpt_dir / OPTIMIZER_FILE, raw.pop(OPTIMIZER_FILE)),
-        tensors=parse_tensors(ckpt_dir / STATE_TENSORS_FILE, raw.pop(STATE_TENSORS_FILE)),
-    )
+    files = {name: parse_tensors(ckpt_dir / name, data) for name, data in raw.items() if name.endswith(".safetensors")}
+    return Content(path=ckpt_dir, digest=manifest.digest, step=manifest.step, state=state, files=files)
 
 
-def load_model_tensors(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """Only model.safetensors of a checkpoint (verified)."""
+def load_model_tensors(ckpt_dir: Path, part: str = MODEL_PART) -> dict[str, torch.Tensor]:
+    """Only the weights file of one model part of a checkpoint (verified)."""
     manifest = read_manifest(ckpt_dir)
-    return parse_tensors(ckpt_dir / MODEL_FILE, read_verified(ckpt_dir, manifest, MODEL_FILE))
+    name = part_file(part)
+    if name not in manifest.files:
+        raise CheckpointError(f"{ckpt_dir}: the checkpoint has no model part '{part}' ({name})")
+    return parse_tensors(ckpt_dir / name, read_verified(ckpt_dir, manifest, name))
 
 
 @dataclass
 class Skipped:
+    """A checkpoint that could not be used, and why (Problems or messages)."""
+
     path: Path
-    problems: list[Problem]
-
-
-def newest_loadable(store: CheckpointStore) -> tuple[Content | None, list[Skipped]]:
-    """The newest checkpoint of ``store`` that verifies and loads, and every newer one that did not."""
-    skipped: list[Skipped] = []
-    for entry in reversed(store.entries()):
-        if not entry.committed:
-            skipped.append(Skipped(entry.path, entry.problems))
-            continue
-        try:
-            return load_checkpoint(entry.path), skipped
-        except CorruptCheckpointError as exc:
-            skipped.append(Skipped(entry.path, exc.problems))
-    return None, skipped
+    problems: list
 
 
 def none_valid_error(where: Path, skipped: list[Skipped]) -> CheckpointError:
+    """The error when checkpoints exist but none can be used (each one's problems, newest first)."""
     details = "; ".join(str(p) for s in skipped for p in s.problems)
-    return CheckpointError(
-        f"{where}: checkpoints exist but none verifies ({details}). Refusing to start from scratch: restore "
-        "the damaged files, point --resume-from at a good checkpoint, or pass --restart to start over "
-        "(existing checkpoints are moved aside, not deleted)"
+    error = CheckpointError(
+        f"{where}: checkpoints exist but none can be used ({details}). Refusing to start from scratch: restore "
+        "the damaged files (or the run's original config, if it changed), point --resume-from at a good "
+        "checkpoint, or pass --restart to start over (existing checkpoints are moved aside, not deleted)"
     )
+    error.exit_code = EXIT_FAILED  # the command is right; the stored run is not usable
+    return error
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -244,21 +236,28 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
         state = check_state_json(ckpt / STATE_FILE, (ckpt / STATE_FILE).read_bytes())
     except (CorruptCheckpointError, OSError):
         return out
-    groups = state.get("optimizer", {}).get("param_groups", [])
-    out["param_groups"] = [
-        {
-            "lr": _plain(g.get("hyperparameters", {}).get("lr")),
-            "initial_lr": _plain(g.get("hyperparameters", {}).get("initial_lr")),
-            "num_params": len(g.get("params", [])),
-        }
-        for g in groups
-    ]
-    out["lr"] = [g["lr"] for g in out["param_groups"]]
+    if state.get("format_version") == 1:
+        state = v1.upgrade(state)
     out["versions"] = state.get("versions")
-    trainer = state.get("trainer", {})
-    for key in ("progress", "data", "schedule", "early_stopping"):
-        if key in trainer:
-            out[key] = trainer[key]
+    for name, entry in (state.get("parts") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("kind") == "optimizer":
+            groups = [
+                {
+                    "lr": _plain(g.get("hyperparameters", {}).get("lr")),
+                    "initial_lr": _plain(g.get("hyperparameters", {}).get("initial_lr")),
+                    "num_params": len(g.get("params", [])),
+                }
+                for g in entry.get("param_groups", [])
+            ]
+            if name == "optimizer":
+                out["param_groups"] = groups
+                out["lr"] = [g["lr"] for g in groups]
+            else:
+                out[name] = {"param_groups": groups}
+        elif entry.get("kind") == "json":
+            out[name] = entry.get("state")
     return out
 
 
@@ -273,56 +272,46 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> str:
     PATH: a checkpoint directory, a run directory (its newest valid checkpoint) or an exported model
     directory (model.safetensors + config.json). Every key and shape must fit.
     """
-    from steadyvoice.train.distributed import unwrap_model
+    from steadyvoice.checkpoint.parts import ModelState
+    from steadyvoice.models import is_model_dir, read_pretrained_weights
 
     path = Path(path)
-    model = unwrap_model(model)
-    if path.is_dir() and (path / "config.json").is_file() and (path / MODEL_FILE).is_file() and not is_checkpoint_dir(path):
-        from safetensors.torch import load as st_load
-
-        try:
-            sd = st_load((path / MODEL_FILE).read_bytes())
-        except Exception as exc:
-            raise CheckpointError(f"{path / MODEL_FILE}: unreadable or damaged weights file ({exc})") from None
+    if is_model_dir(path) and not is_checkpoint_dir(path):
+        sd, where = read_pretrained_weights(path, error=CheckpointError)
         source = f"exported model {path}"
-        where = str(path / MODEL_FILE)
     else:
         ckpt = resolve_checkpoint(path)
         sd = load_model_tensors(ckpt)
-        source = f"checkpoint {ckpt}"
-        where = str(ckpt / MODEL_FILE)
-    current = model.state_dict()
-    check_model_keys(sd, current, where)
-    with torch.no_grad():
-        model.load_state_dict({k: v.to(current[k].dtype) for k, v in sd.items()}, strict=True)
+        source, where = f"checkpoint {ckpt}", ckpt / part_file(MODEL_PART)
+    ModelState(model).load_state_dict(sd, where=str(where))
     return source
 
 
 # ------------------------------------------------------------------------------------------ export
 def model_config_of(state: dict, where: Path):
-    """The MossFormer2SEConfig a checkpoint was trained with (from the resolved config in state.json)."""
-    from steadyvoice.config import from_dict
-    from steadyvoice.errors import ConfigError
-    from steadyvoice.train.config import ModelSection
+    """The model configuration a checkpoint was trained with (from the resolved config in state.json)."""
+    from steadyvoice.errors import ConfigError, ModelError
+    from steadyvoice.models import resolve_config
 
     config = state.get("config")
-    if not isinstance(config, dict) or "model" not in config:
+    section = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(section, dict) or "name" not in section:
         raise CheckpointError(f"{where}: the checkpoint holds no model config (config.model); cannot export it")
     try:
-        return from_dict(ModelSection, config["model"], "model").resolve()
-    except ConfigError as exc:
+        return resolve_config(section["name"], section.get("overrides") or {}, path="model.overrides")
+    except (ConfigError, ModelError) as exc:
         raise CheckpointError(f"{where}: its model config is not valid here: {exc}") from None
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     """Write the inference model of a checkpoint (model.safetensors + config.json) to ``out_dir``."""
-    from steadyvoice.models import build_model, load_state_dict_strict, save_pretrained
+    from steadyvoice.models import build_model, save_pretrained
 
     ckpt = resolve_checkpoint(path)
     content = load_checkpoint(ckpt)
     cfg = model_config_of(content.state, ckpt / STATE_FILE)
     model = build_model(cfg)
-    load_state_dict_strict(model, content.model, where=str(ckpt / MODEL_FILE), error=CheckpointError)
+    load_model_into(model, content, MODEL_PART)
     source = {
         "kind": "steadyvoice-checkpoint",
         "checkpoint": os.fspath(ckpt.resolve()),
@@ -332,3 +321,12 @@ def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
         "metrics": content.state.get("metrics"),
     }
     return save_pretrained(model, cfg, out_dir, source=source)
+
+
+def load_model_into(model: torch.nn.Module, content: Content, part: str = MODEL_PART) -> None:
+    """Strictly load model part ``part`` of a loaded checkpoint into ``model``."""
+    from steadyvoice.checkpoint.parts import ModelState
+
+    if part not in content.parts or content.parts[part]["kind"] != "model":
+        raise CheckpointError(f"{content.path}: the checkpoint has no model part '{part}'")
+    ModelState(model).load_state_dict(content.tensors_of(part), where=str(content.path / content.parts[part]["file"]))

@@ -1,57 +1,53 @@
-"""The Checkpointer: what the trainer calls (restore / save / load_best_weights / close).
+"""The Checkpointer: what a trainer calls (restore / save / load_best_weights / close) with its named parts.
 
 Protocol (docs/DESIGN.md, "Training <-> checkpoints")::
 
     ckpt = Checkpointer(run_dir, cfg.checkpoint, dist, resume_from=None, restart=False)
-    resumed = ckpt.restore(trainer)      # newest checkpoint that verifies; False = fresh run
-    ckpt.save(trainer, metrics={...}, is_best=..., reason="periodic")   # blocks only for the host copy
-    ckpt.load_best_weights(trainer)      # plateau: best weights + optimizer moments, counters untouched
+    resumed = ckpt.restore(parts)        # newest checkpoint that verifies AND loads; False = fresh run
+    ckpt.save(parts, step=..., epoch=..., metrics={...}, is_best=..., reason="periodic")  # blocks for the host copy
+    ckpt.load_best_weights(parts)        # plateau: best weights + optimizer moments, other parts untouched
     ckpt.close()                         # wait until the last save is committed (re-raises its error)
 
+``parts`` maps names to stateful objects (:mod:`steadyvoice.checkpoint.parts`), in load order.
+
+Restore tries the checkpoints newest first. One is skipped, reported (which checkpoint, what is wrong),
+and the next older one tried when its files fail verification OR when loading it into the parts fails a
+check (a part it lacks, a shape, a malformed state, or an optimizer learning rate that a later part such
+as the schedule rewrote to another value: a checkpoint that contradicts itself). Every part is put back
+to its fresh state before the next try. Only when none is usable does training stop with an error, never
+silently from scratch. Newer checkpoints that were skipped are moved aside (never deleted).
+
 Under DDP (``dist.world_size > 1``): rank 0 alone touches the file system (clean-up, moving aside,
-writing); rank 0 picks the checkpoint to resume and broadcasts its manifest digest, every rank loads and
-verifies that same checkpoint, and any rank's failure fails all of them. At every save the ranks compare a
-SHA-256 of their model parameters; replicas that differ are an error, not a silent save. The RNG states
-of all ranks are gathered to rank 0 and saved.
+writing) and lists the candidates; every rank loads and verifies the same checkpoint, ranks compare the
+manifest digests, and any rank's failure fails that candidate on all of them. At every save the ranks
+compare a SHA-256 of their model parameters; replicas that differ are an error, not a silent save. The
+RNG states of all ranks are gathered to rank 0 and saved.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import yaml
 
-from steadyvoice.checkpoint.api import CHECKPOINTS_DIR, load_checkpoint, newest_loadable, none_valid_error, resolve_checkpoint
+from steadyvoice.checkpoint.api import CHECKPOINTS_DIR, Skipped, load_checkpoint, none_valid_error, resolve_checkpoint
 from steadyvoice.checkpoint.config import CheckpointConfig
-from steadyvoice.checkpoint.format import CorruptCheckpointError
-from steadyvoice.checkpoint.state import (
-    MODEL_PART,
-    OPTIMIZER_PART,
-    RNG_PART,
-    Content,
-    RestoreNotes,
-    check_model_keys,
-    restore_state,
-    snapshot,
-)
+from steadyvoice.checkpoint.format import STATE_FILE, CorruptCheckpointError
+from steadyvoice.checkpoint.parts import ModelState, OptimizerState, Parts, kind_of
+from steadyvoice.checkpoint.state import Content, snapshot
 from steadyvoice.checkpoint.store import CheckpointStore
 from steadyvoice.checkpoint.writer import AsyncWriter
+from steadyvoice.distributed import DistContext
 from steadyvoice.errors import CheckpointError
-from steadyvoice.train.distributed import DistContext
 
 log = logging.getLogger("steadyvoice.checkpoint")
-
-
-class Checkpointable(Protocol):
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, sd: dict) -> None: ...
-    def param_names(self) -> list[str]: ...
 
 
 @dataclass
@@ -62,7 +58,7 @@ class RestoreInfo:
     step: int
     epoch: Any
     digest: str
-    skipped: list[str] = field(default_factory=list)  # newer checkpoints that failed verification (messages)
+    skipped: list[str] = field(default_factory=list)  # newer checkpoints that could not be used (messages)
     repaired: list[str] = field(default_factory=list)  # hyperparameters filled in from the config
     rng: str = "own"  # "own" or "derived" (world size changed)
     set_aside: Path | None = None
@@ -89,42 +85,43 @@ class Checkpointer:
         self.restored: RestoreInfo | None = None
         self.last_saved: Path | None = None  # path of the last committed save (rank 0)
         self._config: Any = None
-        self._picked: Content | None = None  # rank 0: the checkpoint chosen by _prepare_and_pick / _pick_best
         self._staging: dict[str, torch.Tensor] = {}  # rank 0: host buffers reused from save to save
+        self._rng_note = "own"  # set by _load_into: "derived" when the world size changed
 
     # ------------------------------------------------------------------------------------------ restore
-    def restore(self, trainer: Checkpointable) -> bool:
-        """Load the checkpoint to resume from into ``trainer``; False when the run starts fresh."""
-        decision = None
-        if self.dist.is_main:
-            decision = _guard(self._prepare_and_pick)
-        decision = self.dist.broadcast_object(decision)
-        if "error" in decision:
-            raise CheckpointError(decision["error"])
-        if decision.get("fresh"):
+    def restore(self, parts: Parts) -> bool:
+        """Load the newest usable checkpoint into ``parts``; False when the run starts fresh."""
+        plan = _guard(self._candidates) if self.dist.is_main else None
+        plan = self.dist.broadcast_object(plan)
+        if "error" in plan:
+            raise CheckpointError(plan["error"])
+        if plan.get("fresh"):
             return False
-        content = self._picked if self.dist.is_main else None
-        if content is None:  # other ranks read the same checkpoint and check it is the same one
-            content = _guard(lambda: _load_expected(Path(decision["path"]), decision["digest"]))
-        self._agree(content, "load the checkpoint to resume from")
-        assert isinstance(content, Content)
-        notes = self._load_into(trainer, content)
-        self._picked = None
-        set_aside = None
-        if self.dist.is_main:
-            set_aside = self._set_aside_newer(content.step, "set-aside")
-        self.dist.barrier()
-        self.restored = RestoreInfo(
-            path=content.path, step=content.step, epoch=content.epoch, digest=content.digest,
-            skipped=decision.get("skipped", []), repaired=notes.repaired, rng=notes.rng, set_aside=set_aside,
-        )
-        log.info("resumed from %s (step %d, epoch %s)%s", content.path, content.step, content.epoch,
-                 "; RNG re-derived for the new world size" if notes.rng == "derived" else "")
-        return True
+        unusable = [Skipped(Path(path), [message]) for path, message in plan["skipped"]]
+        skipped = [message for _, message in plan["skipped"]]
+        fresh = {name: copy.deepcopy(part.state_dict()) for name, part in parts.items()}
+        for path in plan["candidates"]:
+            outcome = _guard(lambda: self._load_into(parts, Path(path)))
+            digests = self.dist.all_gather_object(outcome.digest if isinstance(outcome, Content) else None)
+            messages = self.dist.all_gather_object(outcome["error"] if isinstance(outcome, dict) else None)
+            failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+            if not failed and len(set(digests)) > 1:
+                failed = [(0, f"{path}: the ranks read different files (manifest digests "
+                              f"{', '.join(d[:12] for d in digests)}): is the run directory the same on every node?")]
+            if not failed:
+                return self._resumed(parts, outcome, skipped)
+            message = failed[0][1] if len(messages) == 1 else "; ".join(f"rank {r}: {m}" for r, m in failed)
+            for name, part in parts.items():  # undo a partial load before the next candidate
+                _load_part(part, fresh[name], "the fresh state")
+            if plan.get("explicit"):
+                raise CheckpointError(f"--resume-from {self.resume_from}: the checkpoint cannot be used: {message}")
+            log.warning("checkpoint %s is not usable, trying an older one: %s", path, message)
+            skipped.append(message)
+            unusable.append(Skipped(Path(path), [message]))
+        raise none_valid_error(self.store.root, unusable)
 
-    def _prepare_and_pick(self) -> dict:
-        """Rank 0: clean up, apply --restart, choose (and load) the checkpoint."""
-        self._picked = None
+    def _candidates(self) -> dict:
+        """Rank 0: clean up, apply --restart, list the checkpoints to try, newest first."""
         for message in self.store.clean_stale():
             log.warning(message)
         if self.restart:
@@ -133,50 +130,69 @@ class Checkpointer:
                 log.warning("--restart: the existing checkpoints were moved to %s (nothing deleted)", moved)
             return {"fresh": True}
         if self.resume_from is not None:
-            path = resolve_checkpoint(self.resume_from)
-            try:
-                content = load_checkpoint(path)
-            except CorruptCheckpointError as exc:
-                raise CheckpointError(f"--resume-from {self.resume_from}: the checkpoint does not verify: {exc}") from None
-            self._picked = content
-            return {"path": str(content.path), "digest": content.digest}
-        if not self.store.entries():
+            return {"candidates": [str(resolve_checkpoint(self.resume_from))], "skipped": [], "explicit": True}
+        entries = self.store.entries()
+        if not entries:
             return {"fresh": True}
-        content, skipped = newest_loadable(self.store)
-        for s in skipped:
-            log.warning("checkpoint %s is not usable, trying an older one: %s", s.path, "; ".join(str(p) for p in s.problems))
-        if content is None:
-            raise none_valid_error(self.store.root, skipped)
-        self._picked = content
-        return {"path": str(content.path), "digest": content.digest,
-                "skipped": [str(p) for s in skipped for p in s.problems]}
+        skipped, candidates = [], []
+        for entry in reversed(entries):
+            if entry.committed:
+                candidates.append(str(entry.path))
+            else:
+                message = "; ".join(str(p) for p in entry.problems)
+                log.warning("checkpoint %s is not usable, trying an older one: %s", entry.path, message)
+                skipped.append((str(entry.path), message))
+        if not candidates:
+            raise none_valid_error(self.store.root, [Skipped(e.path, e.problems) for e in entries])
+        return {"candidates": candidates, "skipped": skipped}
 
-    def _agree(self, outcome: Any, what: str) -> None:
-        """Every rank succeeded, or all raise (naming the ranks that failed)."""
-        message = outcome["error"] if isinstance(outcome, dict) and "error" in outcome else None
-        messages = self.dist.all_gather_object(message)
-        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
-        if failed:
-            if len(messages) == 1:
-                raise CheckpointError(failed[0][1])
-            raise CheckpointError(f"could not {what} on rank(s) {', '.join(str(r) for r, _ in failed)}: " + "; ".join(f"rank {r}: {m}" for r, m in failed))
+    def _load_into(self, parts: Parts, path: Path) -> Content:
+        """Verify checkpoint ``path``, load every part, check the result (CheckpointError if anything fails)."""
+        content = load_checkpoint(path)
+        saved = content.parts
+        missing = [n for n in parts if n not in saved]
+        if missing:
+            raise CheckpointError(f"{path}: the checkpoint has no {', '.join(repr(n) for n in missing)} state, "
+                                  "which this trainer needs")
+        extra = [n for n in saved if n not in parts]
+        if extra:
+            raise CheckpointError(f"{path}: the checkpoint holds state this trainer does not have: "
+                                  f"{', '.join(repr(n) for n in extra)} (another kind of model or trainer?)")
+        self._rng_note = "own"
+        for name, part in parts.items():
+            kind = kind_of(part)
+            if saved[name]["kind"] != kind:
+                raise CheckpointError(f"{path}: part '{name}' is stored as {saved[name]['kind']} but is a {kind} here")
+            if kind == "rng" and saved[name]["world_size"] != self.dist.world_size:
+                self._rng_note = "derived"
+            state = content.part_state(name, self.dist.rank, self.dist.world_size)
+            _load_part(part, state, str(path / saved[name].get("file", STATE_FILE)) + f" (part '{name}')")
+        self._check_learning_rates(parts, content)
+        return content
 
-    def _load_into(self, trainer: Checkpointable, content: Content) -> RestoreNotes:
-        current = trainer.state_dict()
-        sd, notes = restore_state(content, current, trainer.param_names(), self.dist.rank, self.dist.world_size)
-        for note in notes.repaired:
-            log.warning("%s: the optimizer state lacked hyperparameters; repaired from the config: %s", content.path, note)
-        trainer.load_state_dict(sd)
-        if not notes.repaired:  # the trainer must not change the LR while loading (e.g. a scheduler built afterwards)
-            after = trainer.state_dict()[OPTIMIZER_PART]["param_groups"]
-            for g, (want, got) in enumerate(zip(sd[OPTIMIZER_PART]["param_groups"], after)):
-                if want.get("lr") != got.get("lr"):
+    def _check_learning_rates(self, parts: Parts, content: Content) -> None:
+        """No part loaded after an optimizer may have changed its learning rates (the checkpoint would
+        contradict itself: e.g. a schedule state that does not produce the lr the optimizer was saved with)."""
+        for name, part in parts.items():
+            if not isinstance(part, OptimizerState) or part.repaired:
+                continue
+            saved = content.part_state(name)["param_groups"]
+            for g, (want, group) in enumerate(zip(saved, part.optimizer.param_groups)):
+                if want.get("lr") != group.get("lr"):
                     raise CheckpointError(
-                        f"{content.path}: after loading, param group {g} has lr={got.get('lr')!r} but the checkpoint "
-                        f"says {want.get('lr')!r}: trainer.load_state_dict must restore the optimizer before the "
-                        "schedule and must not recreate a scheduler (a bug in the trainer)"
-                    )
-        return notes
+                        f"{content.path}: after loading, param group {g} of '{name}' has lr={group.get('lr')!r} but "
+                        f"the checkpoint saved lr={want.get('lr')!r}: its parts disagree (the schedule state does not "
+                        "produce the saved learning rate), so the checkpoint cannot be trusted")
+
+    def _resumed(self, parts: Parts, content: Content, skipped: list[str]) -> bool:
+        repaired = [note for part in parts.values() if isinstance(part, OptimizerState) for note in part.repaired]
+        set_aside = self._set_aside_newer(content.step, "set-aside") if self.dist.is_main else None
+        self.dist.barrier()
+        self.restored = RestoreInfo(path=content.path, step=content.step, epoch=content.epoch, digest=content.digest,
+                                    skipped=skipped, repaired=repaired, rng=self._rng_note, set_aside=set_aside)
+        log.info("resumed from %s (step %d, epoch %s)%s", content.path, content.step, content.epoch,
+                 "; RNG re-derived for the new world size" if self._rng_note == "derived" else "")
+        return True
 
     def _set_aside_newer(self, step: int, label: str) -> Path | None:
         """Move checkpoints newer than the one resumed from out of the way (never deleted)."""
@@ -188,36 +204,41 @@ class Checkpointer:
         return dest
 
     # ------------------------------------------------------------------------------------------ save
-    def save(self, trainer: Checkpointable, *, metrics: dict | None = None, is_best: bool = False, reason: str = "periodic") -> None:
-        """Snapshot ``trainer`` to host memory and write it in the background (rank 0)."""
+    def save(self, parts: Parts, *, step: int, epoch: Any = None, metrics: dict | None = None, is_best: bool = False,
+             reason: str = "periodic") -> None:
+        """Snapshot ``parts`` to host memory and write them in the background (rank 0)."""
         if self.dist.is_main:
             self.writer.wait()  # at most one save in flight; an error of the previous save is raised here
-        sd = trainer.state_dict()
-        names = list(trainer.param_names())
+        states: dict[str, tuple[str, Any]] = {}
+        for name, part in parts.items():
+            kind = kind_of(part)
+            state = part.state_dict()
+            if kind == "rng":
+                state = self.dist.all_gather_object(state)  # every rank's generators
+            states[name] = (kind, state)
         if self.dist.is_distributed:
-            self._check_replicas(sd[MODEL_PART], names, sd)
-        rng_of_ranks = self.dist.all_gather_object(sd.get(RNG_PART))
+            self._check_replicas(states, step)
         if not self.dist.is_main:
             return
-        snap = snapshot(
-            sd, names, rng_of_ranks, metrics=metrics or {}, is_best=is_best, reason=reason,
-            config=self._run_config(), created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            staging=self._staging,  # free to reuse: the previous save was waited for above
-        )
-        del sd
+        metrics = {str(k): float(v) if isinstance(v, (int, float, torch.Tensor)) or hasattr(v, "dtype") else v
+                   for k, v in (metrics or {}).items()}
+        info = {"epoch": epoch, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "reason": reason, "is_best": bool(is_best), "metrics": metrics, "world_size": self.dist.world_size}
+        snap = snapshot(states, step=step, info=info, config=self._run_config(),
+                        staging=self._staging)  # free to reuse: the previous save was waited for above
+        del states
         self.writer.submit(lambda: self._write(snap))
 
     def _write(self, snap) -> None:
-        path = self.store.commit(snap.step, snap.files(), snap.info)
+        path = self.store.commit(snap.step, snap.producers(), snap.info)
         self.last_saved = path
         for deleted in self.store.retain(self.cfg.keep_last, self.cfg.keep_best, self.cfg.keep_every):
             log.info("retention: deleted %s", deleted)
 
-    def _check_replicas(self, model_sd: dict, names: list[str], sd: dict) -> None:
-        digest = param_digest(model_sd, names)
+    def _check_replicas(self, states: dict[str, tuple[str, Any]], step: int) -> None:
+        digest = param_digest({name: state for name, (kind, state) in states.items() if kind == "model"})
         digests = self.dist.all_gather_object(digest)
         if len(set(digests)) > 1:
-            step = sd.get("progress", {}).get("step")
             differ = [r for r, d in enumerate(digests) if d != digests[0]]
             raise CheckpointError(
                 f"model replicas differ at step {step}: the parameters of rank(s) {', '.join(map(str, differ))} are not "
@@ -237,27 +258,27 @@ class Checkpointer:
         return self._config
 
     # ------------------------------------------------------------------------------------------ best
-    def load_best_weights(self, trainer: Checkpointable) -> Path:
-        """Plateau rule: best checkpoint's model weights and optimizer moments; counters, schedule untouched."""
+    def load_best_weights(self, parts: Parts) -> Path:
+        """Plateau rule: the best checkpoint's model parts and optimizer moments; every other part untouched."""
         if self.dist.is_main:
             self.writer.wait()  # the best may be the save in flight
-        decision = None
-        if self.dist.is_main:
-            decision = _guard(self._pick_best)
+        decision = _guard(self._pick_best) if self.dist.is_main else None
         decision = self.dist.broadcast_object(decision)
         if "error" in decision:
             raise CheckpointError(decision["error"])
-        content = self._picked if self.dist.is_main else _guard(lambda: _load_expected(Path(decision["path"]), decision["digest"]))
-        self._picked = None
-        self._agree(content, "load the best checkpoint")
-        assert isinstance(content, Content)
-        current = trainer.state_dict()
-        check_model_keys(content.model, current[MODEL_PART], str(content.path))
-        loaded, _ = restore_state(content, current, trainer.param_names(), self.dist.rank, self.dist.world_size)
-        sd = dict(current)
-        sd[MODEL_PART] = loaded[MODEL_PART]
-        sd[OPTIMIZER_PART] = {"state": loaded[OPTIMIZER_PART]["state"], "param_groups": current[OPTIMIZER_PART]["param_groups"]}
-        trainer.load_state_dict(sd)
+        outcome = _guard(lambda: _load_expected(Path(decision["path"]), decision["digest"]))
+        messages = self.dist.all_gather_object(outcome["error"] if isinstance(outcome, dict) else None)
+        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+        if failed:
+            raise CheckpointError("could not load the best checkpoint: " + "; ".join(
+                m if len(messages) == 1 else f"rank {r}: {m}" for r, m in failed))
+        content: Content = outcome
+        for name, part in parts.items():
+            where = f"{content.path} (part '{name}')"
+            if isinstance(part, ModelState):
+                part.load_state_dict(content.part_state(name), where=where)
+            elif isinstance(part, OptimizerState):
+                part.load_moments(content.part_state(name), where=where)
         log.info("reloaded the best weights from %s (step %d); counters unchanged", content.path, content.step)
         return content.path
 
@@ -268,17 +289,26 @@ class Checkpointer:
                 f"{self.store.root}: no checkpoint is marked best, so the best weights cannot be reloaded "
                 "(keep checkpoint.keep_best: true and validate before the plateau rule applies)"
             )
-        try:
-            content = load_checkpoint(best.path)
-        except CorruptCheckpointError as exc:
-            raise CheckpointError(f"the best checkpoint does not verify: {exc}") from None
-        self._picked = content
+        content = load_checkpoint(best.path)  # CorruptCheckpointError names the damaged file
         return {"path": str(content.path), "digest": content.digest}
 
     # ------------------------------------------------------------------------------------------ close
     def close(self) -> None:
         """Wait until the last save is committed; re-raise its error if it failed."""
         self.writer.wait()
+
+
+def _load_part(part, state: Any, where: str) -> None:
+    """``part.load_state_dict(state)``; a malformed state becomes a CheckpointError naming the part."""
+    if isinstance(part, (ModelState, OptimizerState)):
+        part.load_state_dict(state, where=where)
+        return
+    try:
+        part.load_state_dict(state)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: malformed state ({type(exc).__name__}: {exc})") from None
 
 
 def _guard(fn) -> Any:
@@ -301,11 +331,11 @@ def _load_expected(path: Path, digest: str) -> Content:
     return content
 
 
-def param_digest(model_sd: dict[str, torch.Tensor], names: list[str]) -> str:
-    """SHA-256 over the bytes of the named parameters (the replica-consistency check under DDP)."""
+def param_digest(models: dict[str, dict[str, torch.Tensor]]) -> str:
+    """SHA-256 over the bytes of every model part's tensors (the replica-consistency check under DDP)."""
     h = hashlib.sha256()
-    for name in names:
-        t = model_sd[name].detach()
-        h.update(name.encode())
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # raw bytes, no copy on CPU
+    for part, sd in models.items():
+        for name, t in sd.items():
+            h.update(f"{part}/{name}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # raw bytes, no copy on CPU
     return h.hexdigest()

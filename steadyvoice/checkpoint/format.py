@@ -1,14 +1,19 @@
 """The on-disk format of one checkpoint directory, and how it is verified.
 
-A checkpoint is a directory ``run_dir/checkpoints/step-00001234/`` holding::
+A checkpoint is a directory ``run_dir/checkpoints/step-00001234/`` holding (format version 2)::
 
-    model.safetensors       model state_dict (parameters and buffers), keyed by name
-    optimizer.safetensors   optimizer per-parameter state keyed by parameter NAME: "exp_avg/<name>", "step/<name>"
-    state.safetensors       tensor leaves of state.json (the torch/CUDA RNG byte states of every rank, ...)
-    state.json              everything else: param groups (all hyperparameters, parameter names), LR schedule,
-                            early stopping, epoch/step/data position, python/numpy RNG of every rank,
-                            GradScaler, resolved config, world size, versions, metrics, reason
-    manifest.json           written LAST: size + SHA-256 of every other file and a digest of itself
+    <model part>.safetensors      a model part's state_dict, keyed by name (``model.safetensors``; a GAN
+                                  adds ``discriminator.safetensors``)
+    <optimizer part>.safetensors  an optimizer's per-parameter state keyed by parameter NAME:
+                                  "exp_avg/<name>", "step/<name>" (``optimizer.safetensors``, ...)
+    state.safetensors             tensor leaves of state.json (the torch/CUDA RNG byte states of every rank, ...)
+    state.json                    "parts": every named part (kind, file, param groups, JSON state, the RNG
+                                  of every rank), plus step, epoch, resolved config, world size, versions,
+                                  metrics, reason
+    manifest.json                 written LAST: size + SHA-256 of every other file and a digest of itself
+
+Version 1 (before named parts) had the same files with a fixed ``trainer`` dict in state.json; it is
+still read (:mod:`steadyvoice.checkpoint.v1`).
 
 ``manifest.json`` is the commit marker: a directory without a valid manifest does not exist as far as
 resume is concerned. Nothing here is ever read with pickle: tensors come from safetensors, the rest is JSON.
@@ -26,17 +31,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steadyvoice.errors import CheckpointError
+from steadyvoice.errors import EXIT_FAILED, CheckpointError, Problem
 
 FORMAT = "steadyvoice-checkpoint"
-FORMAT_VERSION = 1  # bump on incompatible layout changes; readers refuse versions they do not know
+FORMAT_VERSION = 2  # bump on incompatible layout changes; readers refuse versions they do not know
+READABLE_VERSIONS = (1, 2)  # version 1: before named parts (steadyvoice.checkpoint.v1 upgrades it)
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_TENSORS_FILE = "state.safetensors"
 STATE_FILE = "state.json"
-REQUIRED_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_TENSORS_FILE, STATE_FILE)
+V1_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_TENSORS_FILE, STATE_FILE)
+REQUIRED_FILES = (STATE_TENSORS_FILE, STATE_FILE)  # plus the part files state.json names (checked on load)
+
+
+def part_file(name: str) -> str:
+    """The safetensors file of a model or optimizer part."""
+    return f"{name}.safetensors"
+
+
+def required_files(version: int) -> tuple[str, ...]:
+    return V1_FILES if version == 1 else REQUIRED_FILES
 
 STEP_DIR_PREFIX = "step-"
 
@@ -56,19 +72,10 @@ def parse_step_dir_name(name: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one file of a checkpoint."""
-
-    path: Path  # the file (or directory) at fault
-    message: str  # what is wrong and what to do
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint directory failed verification; ``problems`` lists every fault found."""
+
+    exit_code = EXIT_FAILED  # damaged after it was written: a runtime failure, as `ckpt verify` reports it
 
     def __init__(self, problems: list[Problem]):
         self.problems = list(problems)
@@ -178,7 +185,7 @@ def read_manifest(ckpt_dir: Path) -> Manifest:
     if data.get("format") != FORMAT:
         raise CorruptCheckpointError([Problem(path, f"is not a SteadyVoice checkpoint manifest (format {data.get('format')!r})")])
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CorruptCheckpointError([_version_problem(path, version)])
     body = {k: v for k, v in data.items() if k != "digest"}
     digest = hashlib.sha256(canonical_json(body)).hexdigest()
@@ -192,7 +199,7 @@ def read_manifest(ckpt_dir: Path) -> Manifest:
         info = dict(data.get("info") or {})
     except (KeyError, TypeError, ValueError, AttributeError):
         raise CorruptCheckpointError([Problem(path, "has a malformed structure (step/files): written by a broken tool?")]) from None
-    missing = [name for name in REQUIRED_FILES if name not in files]
+    missing = [name for name in required_files(version) if name not in files]
     if missing:
         raise CorruptCheckpointError([Problem(path, f"does not list {', '.join(missing)}: incomplete checkpoint")])
     return Manifest(step=step, files=files, info=info, digest=digest, format_version=version)
@@ -205,7 +212,7 @@ def _version_problem(path: Path, version: Any) -> Problem:
             f"format_version {version} is newer than this SteadyVoice understands ({FORMAT_VERSION}): "
             "upgrade steadyvoice to read it",
         )
-    return Problem(path, f"unknown format_version {version!r} (this SteadyVoice reads version {FORMAT_VERSION})")
+    return Problem(path, f"unknown format_version {version!r} (this SteadyVoice reads versions {', '.join(map(str, READABLE_VERSIONS))})")
 
 
 def parse_json_bytes(path: Path, raw: bytes, what: str) -> dict:
@@ -242,6 +249,17 @@ def _checksum_problem(path: Path) -> Problem:
     )
 
 
+def _sha256_of_file(f) -> str:
+    """Hex SHA-256 of an open binary file, streamed: hashlib.file_digest (3.11+) or 1 MiB chunks (3.10)."""
+    file_digest = getattr(hashlib, "file_digest", None)
+    if file_digest is not None:
+        return file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def verify_files(ckpt_dir: Path, manifest: Manifest) -> list[Problem]:
     """Stream-hash every file the manifest lists; return every problem found (empty list = valid)."""
     problems = []
@@ -257,7 +275,7 @@ def verify_files(ckpt_dir: Path, manifest: Manifest) -> list[Problem]:
             continue
         try:
             with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
+                digest = _sha256_of_file(f)
         except OSError as exc:
             problems.append(Problem(path, f"cannot be read ({exc.strerror})"))
             continue
@@ -308,7 +326,9 @@ def verify_dir(ckpt_dir: Path) -> VerifyReport:
     problems = verify_files(ckpt_dir, manifest)
     if not problems:
         try:
-            check_state_json(ckpt_dir / STATE_FILE, (ckpt_dir / STATE_FILE).read_bytes())
+            state = check_state_json(ckpt_dir / STATE_FILE, (ckpt_dir / STATE_FILE).read_bytes())
+            if manifest.format_version != 1:
+                check_part_files(ckpt_dir / STATE_FILE, state, manifest)
         except CorruptCheckpointError as exc:
             problems = exc.problems
     return VerifyReport(ckpt_dir, manifest, problems)
@@ -319,6 +339,20 @@ def check_state_json(path: Path, raw: bytes) -> dict:
     data = parse_json_bytes(path, raw, "state file")
     if data.get("format") != FORMAT:
         raise CorruptCheckpointError([Problem(path, f"is not a SteadyVoice checkpoint state (format {data.get('format')!r})")])
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise CorruptCheckpointError([_version_problem(path, data.get("format_version"))])
     return data
+
+
+def check_part_files(path: Path, state: dict, manifest: Manifest) -> None:
+    """Every file state.json names for a part is listed in the manifest (so it was verified)."""
+    parts = state.get("parts")
+    if not isinstance(parts, dict) or not parts:
+        raise CorruptCheckpointError([Problem(path, "has no named parts: written by a broken tool?")])
+    for name, entry in parts.items():
+        if not isinstance(entry, dict) or entry.get("kind") not in ("model", "optimizer", "rng", "json"):
+            raise CorruptCheckpointError([Problem(path, f"part '{name}' is malformed (no known kind)")])
+        file = entry.get("file")
+        if entry["kind"] in ("model", "optimizer") and file not in manifest.files:
+            raise CorruptCheckpointError([Problem(path.parent / MANIFEST_FILE, f"does not list {file} (part '{name}' of "
+                                                  f"{path.name}): incomplete checkpoint")])

@@ -37,7 +37,7 @@ from steadyvoice.checkpoint.format import (
     read_manifest,
     step_dir_name,
 )
-from steadyvoice.errors import CheckpointError
+from steadyvoice.errors import EXIT_FAILED, CheckpointError
 from steadyvoice.fileio import fsync_dir, write_all
 
 TMP_PREFIX = ".tmp-"
@@ -215,10 +215,12 @@ class CheckpointStore:
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             hint = "the disk is full: free space" if exc.errno == 28 else "check permissions and free space"
-            raise CheckpointError(
+            err = CheckpointError(
                 f"cannot write checkpoint {final}: {exc.strerror or exc} ({hint} in {self.root}); "
                 "earlier checkpoints are intact"
-            ) from exc
+            )
+            err.exit_code = EXIT_FAILED  # a runtime failure (disk full, permissions), not a usage error
+            raise err from exc
         return final
 
     def _ensure_root(self) -> None:

@@ -1,9 +1,11 @@
-"""The ``steadyvoice`` command: argument parsing and exit codes. The only place that exits.
+"""The steadyvoice command: argument parsing and exit codes. The only place that exits.
 
-Each subcommand lives in its own module of this package and provides ``register(subparsers)``, which
-adds its parser and sets ``func=run`` where ``run(args) -> int`` returns the exit code. Library errors
-(:class:`~steadyvoice.errors.SteadyVoiceError`) become a one-line ``error: ...`` message and exit
-code 2; a genuine bug still shows its traceback.
+Each subcommand lives in its own module of this package and provides register(subparsers), which adds
+its parser and sets func=run, where run(args) -> int returns the exit code. A library error
+(steadyvoice.errors.SteadyVoiceError) becomes one line "error: <message>" and the exit code of its
+class (see steadyvoice.errors and EXIT_CODES below); an OSError that escapes a command (disk full,
+permission denied) becomes "error: <path>: <strerror>" and exit code 1. A genuine bug still shows its
+traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib
 import sys
 
 from steadyvoice import __version__
-from steadyvoice.errors import SteadyVoiceError
+from steadyvoice.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SteadyVoiceError
 
 # Subcommand name -> module in this package. Imported lazily so that `steadyvoice enhance` does not
 # pay for importing the training stack (and a broken optional dependency only breaks its own command).
@@ -26,15 +28,28 @@ SUBCOMMANDS = {
     "corpus": "corpus",
 }
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # the command ran but some item failed (a file, a checkpoint)
-EXIT_USAGE = 2  # bad arguments, config or input: nothing useful was done
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "entry", "main"]
+
+EXIT_CODES = """\
+exit codes:
+  0      success
+  1      the command ran but failed: some item failed (a file to enhance or score, a
+         checkpoint that does not verify), the system refused a read or write (disk full,
+         permission denied, I/O error), stored data is damaged, or another trainer holds
+         the run directory
+  2      bad usage, config or input, found before any work was done: fix the command
+  130    interrupted (Ctrl-C)
+  128+N  steadyvoice train stopped by signal N (SIGTERM, SIGINT, SIGUSR1) after saving
+         a checkpoint: rerun the same command to resume
+"""
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="steadyvoice",
         description="SteadyVoice: speech enhancement with MossFormer2; training runs that are never lost.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"steadyvoice {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -67,10 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SteadyVoiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
+    except OSError as exc:  # the system refused a read or write that no library code turned into its own error
+        print(f"error: {_os_error_text(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _os_error_text(exc: OSError) -> str:
+    """'<path>: <strerror>' (an OSError without a path: its text alone)."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
 
 
 def entry() -> None:

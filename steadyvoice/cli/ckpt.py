@@ -1,7 +1,7 @@
-"""``steadyvoice ckpt list|verify|inspect|export|import-clearervoice``: look after training checkpoints.
+"""steadyvoice ckpt list|verify|inspect|export|import-clearervoice: look after training checkpoints.
 
-PATH is a checkpoint directory (``RUN/checkpoints/step-00001234``) or a run directory (its newest
-checkpoint that verifies; for ``verify``, every checkpoint of the run).
+PATH is a checkpoint directory (RUN/checkpoints/step-00001234) or a run directory (its newest
+checkpoint that verifies; for 'verify', every checkpoint of the run).
 
     steadyvoice ckpt list RUN_DIR                   step, epoch, time, size, valid/INVALID, best/last
     steadyvoice ckpt verify PATH                    exit 0 if all verify, 1 otherwise (one line per problem)
@@ -150,7 +150,7 @@ def run_export(args) -> int:
 def run_import(args) -> int:
     import logging
 
-    from steadyvoice.checkpoint.legacy import import_clearervoice
+    from steadyvoice.legacy import import_clearervoice
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     overrides = list(args.set)

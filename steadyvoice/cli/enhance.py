@@ -1,17 +1,18 @@
-"""``steadyvoice enhance INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--device cpu|cuda] [--overwrite]``
+"""steadyvoice enhance INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--device cpu|cuda] [--overwrite]
 
 INPUT is any mix of audio files, directories (searched recursively for audio files) and list files
-(``.scp`` / ``.txt``: one entry per line, the first column a path; relative paths are resolved against the
-list's directory; empty lines and ``#`` comments are ignored). Where outputs go under OUTDIR:
+(.scp / .txt: one entry per line, the first column a path, or the whole line if it names an existing
+file; relative paths are resolved against the list's directory; blank lines and lines starting with #
+are skipped). Where outputs go under OUTDIR:
 
-* a file given directly: ``OUTDIR/<basename>``
-* a file found in a directory input: ``OUTDIR/<path relative to that directory>``
-* a list entry: ``OUTDIR/<path relative to the list's directory>`` if it lies under it, else its basename
+  - a file given directly: OUTDIR/<basename>
+  - a file found in a directory input: OUTDIR/<path relative to that directory>
+  - a list entry: OUTDIR/<path relative to the list's directory> if it lies under it, else its basename
 
 Outputs keep the input's container, subtype, sample rate, channel count and length, and are written
-atomically. An output that already exists is skipped unless ``--overwrite``. A bad input gets one
-``error: <file>: <problem>`` line and the batch goes on; exit code 1 if any file failed, 2 if nothing could
-be done (no model, unwritable OUTDIR).
+atomically. An output that already exists is skipped unless --overwrite. A bad input gets one
+"error: <file>: <problem>" line and the batch goes on; exit code 1 if any file failed, 2 if nothing could
+be done (no model, an OUTDIR that cannot be created or written to).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 
 from steadyvoice.audio import AUDIO_EXTENSIONS, is_audio_path
 from steadyvoice.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from steadyvoice.errors import SteadyVoiceError
+from steadyvoice.errors import Problem, SteadyVoiceError
+from steadyvoice.listfile import ListFileError, read_list
 
 LIST_EXTENSIONS = (".scp", ".txt")
 
@@ -37,22 +39,11 @@ class Job:
     output: Path
 
 
-@dataclass(frozen=True)
-class Problem:
-    """An input that cannot be enhanced: printed as ``error: <where>: <message>``."""
-
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "enhance",
         help="enhance speech in audio files, directories and file lists",
-        description=__doc__.split("\n\n", 1)[1].replace("``", ""),
+        description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file, directory or .scp/.txt list")
@@ -62,7 +53,7 @@ def register(subparsers) -> None:
     source.add_argument(
         "--checkpoint",
         metavar="DIR",
-        help="model directory (model.safetensors + config.json) from `steadyvoice convert` or `ckpt export`",
+        help="model directory (model.safetensors + config.json) from steadyvoice convert or ckpt export",
     )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
@@ -171,35 +162,21 @@ def _expand_directory(root: Path, outdir: Path) -> tuple[list[Job], list[Problem
 
 
 def _expand_list(list_path: Path, outdir: Path) -> tuple[list[Job], list[Problem]]:
+    """The entries of a list file (steadyvoice.listfile rules: first column a path, relative to the list)."""
     try:
-        text = list_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not a UTF-8 text file"
-        return [], [Problem(str(list_path), f"cannot read list file ({reason})")]
-    base = list_path.parent
+        entries = read_list(list_path)
+    except ListFileError as exc:
+        return [], [exc.problem]
     jobs, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        entry = _list_entry(line, base)
-        if entry is None:
-            continue
-        problem = _entry_problem(entry, list_path, number)
+    for entry in entries:
+        problem = _entry_problem(entry.path, list_path, entry.line)
         if problem is not None:
             problems.append(problem)
             continue
-        jobs.append(Job(entry, outdir / _relative_or_name(entry, base)))
+        jobs.append(Job(entry.path, outdir / _relative_or_name(entry.path, list_path.parent)))
     if not jobs and not problems:
         problems.append(Problem(str(list_path), "the list names no files"))
     return jobs, problems
-
-
-def _list_entry(line: str, base: Path) -> Path | None:
-    """The path a list line names (first column), resolved against the list's directory."""
-    line = line.strip()
-    if not line or line.startswith("#"):
-        return None
-    whole = base / line
-    path = Path(line) if whole.is_file() else Path(line.split()[0])  # a whole line may be a path with spaces
-    return path if path.is_absolute() else base / path
 
 
 def _entry_problem(entry: Path, list_path: Path, number: int) -> Problem | None:

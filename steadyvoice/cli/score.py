@@ -10,7 +10,7 @@ counts of a pair must match).
 
 A different sample rate is resampled to the reference's (with a note); a length difference up to
 --length-tolerance seconds is trimmed (with a note), a larger one is an error for that file, as are a
-missing counterpart, a silent reference and an unreadable file: each gets one ``error:`` line naming the
+missing counterpart, a silent reference and an unreadable file: each gets one 'error:' line naming the
 file and the rest goes on. Exit code 0 if every file was scored, 1 if some failed, 2 on usage errors
 (missing or empty directory, unknown metric).
 """

@@ -1,17 +1,23 @@
-"""``steadyvoice train --config FILE --run-dir DIR [--clean PATH --noise PATH] [options]``
+"""steadyvoice train --config FILE --run-dir DIR [--clean PATH --noise PATH] [options]
 
 Trains MossFormer2 speech enhancement. Rerunning the same command resumes from the newest checkpoint
-in DIR that verifies; ``--restart`` starts over, ``--resume-from PATH`` picks a checkpoint, ``--init-from
-PATH`` starts a new run from weights only (a checkpoint, a run directory or an exported model).
+in DIR that verifies and loads; --restart starts over, --resume-from PATH picks a checkpoint, --init-from
+PATH starts a new run from weights only (a checkpoint, a run directory or an exported model).
 
-Several processes (DDP; gloo on CPU, NCCL on GPU)::
+One trainer per run directory: a second one on the same DIR (same command or not) stops at once with
+one line naming the process that holds it, and changes nothing. Nothing is written to DIR before the
+config and the data are checked.
+
+Several processes (DDP; gloo on CPU, NCCL on GPU):
 
     torchrun --nproc_per_node=N -m steadyvoice train --config FILE --run-dir DIR ...
 
+Workers stop (save, then exit) within seconds when their torchrun agent dies.
 SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 finish the current optimizer step, save a checkpoint and exit with
 code 128 + the signal number (non-zero, so torchrun --max-restarts or a scheduler requeue continues the
 run). A second Ctrl-C aborts at once (the last committed checkpoint stays valid).
-Exit codes: 0 finished (max steps/epochs, early stop), 2 bad config/data, 128+N stopped by signal N.
+Exit codes: 0 finished (max steps/epochs, early stop), 2 bad command, config or data, 1 failed while
+running (a write refused, no usable checkpoint, DIR held by another trainer), 128+N stopped by signal N.
 """
 
 from __future__ import annotations
@@ -69,10 +75,10 @@ def overrides_from_args(args) -> list[str]:
 def run(args) -> int:
     # Heavy imports here, not at module level: `steadyvoice --help` must stay fast.
     from steadyvoice.data import build_training_data
+    from steadyvoice.distributed import init_distributed, shutdown_distributed
     from steadyvoice.train.config import load_train_config
-    from steadyvoice.train.distributed import init_distributed, shutdown_distributed
     from steadyvoice.train.loop import Trainer
-    from steadyvoice.train.rundir import prepare_run_dir
+    from steadyvoice.train.rundir import RunDirLock, check_run_config, write_run_config
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     cfg = load_train_config(args.config, overrides_from_args(args))
@@ -84,15 +90,25 @@ def run(args) -> int:
         raise SteadyVoiceError(f"checkpoint support is unavailable in this build ({exc})") from None
 
     dist = init_distributed(cfg.train.device)
+    run_dir: Path = args.run_dir
+    held: list[RunDirLock] = []  # rank 0 holds the run directory's lock until the run ends
+    new_dir = not run_dir.exists()
     try:
-        dist.run_on_main(lambda: prepare_run_dir(args.run_dir, cfg, restart=args.restart))
-        # Rank 0 scans every file once (errors before training, on every rank alike) and shares the lists.
-        data = dist.run_on_main(lambda: build_training_data(
-            cfg.data, sample_rate=cfg.model.resolve().sample_rate, seed=cfg.train.seed,
-            valid_batch_size=cfg.train.valid_batch_size or cfg.train.batch_size))
-        trainer = Trainer(cfg, data, dist, run_dir=args.run_dir, console=dist.is_main)
-        checkpointer = Checkpointer(args.run_dir, cfg.checkpoint, dist, resume_from=args.resume_from,
-                                    restart=args.restart)
+        dist.run_on_main(lambda: held.append(RunDirLock.acquire(run_dir)))
+        # Check everything before writing anything: the config against a resumed run's, then every data
+        # file (rank 0 scans them once and shares the lists); only then config.yaml.
+        try:
+            dist.run_on_main(lambda: check_run_config(run_dir, cfg, restart=args.restart))
+            data = dist.run_on_main(lambda: build_training_data(
+                cfg.data, sample_rate=cfg.model.resolve().sample_rate, seed=cfg.train.seed,
+                valid_batch_size=cfg.train.valid_batch_size or cfg.train.batch_size))
+        except SteadyVoiceError:
+            if held and new_dir:
+                _remove_if_only_lock(run_dir, held)
+            raise
+        dist.run_on_main(lambda: write_run_config(run_dir, cfg))
+        trainer = Trainer(cfg, data, dist, run_dir=run_dir, console=dist.is_main)
+        checkpointer = Checkpointer(run_dir, cfg.checkpoint, dist, resume_from=args.resume_from, restart=args.restart)
         init = None
         if args.init_from is not None:
             init_path = args.init_from
@@ -103,6 +119,8 @@ def run(args) -> int:
         reason = trainer.fit(checkpointer, init_weights=init)
     finally:
         shutdown_distributed()
+        for lock in held:
+            lock.release()
     code = EXIT_OK
     if reason == "signal":
         name = trainer.stop_signal or "SIGTERM"  # ranks that did not get the signal stopped with the others
@@ -117,3 +135,18 @@ def run(args) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _remove_if_only_lock(run_dir: Path, held: list) -> None:
+    """A run directory this command created holding nothing but its lock: remove it (a typo leaves no trace)."""
+    from steadyvoice.train.rundir import LOCK_FILE
+
+    if {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+        for lock in held:
+            lock.release()
+        held.clear()
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass

@@ -1,9 +1,10 @@
 """Training file lists: find the audio files, read their headers, refuse unusable data before training.
 
 Sources are given as paths. A directory means every audio file under it (recursively, sorted); an audio
-file means itself; any other file is a list file with one entry per line (``path [duration]``; blank lines
-and ``#`` comments are skipped; relative paths are relative to the list file). ClearerVoice-format pair
-lists hold ``noisy_path clean_path [duration]`` per line.
+file means itself; any other file is a list file with one entry per line (``path [duration]``), read by
+:func:`steadyvoice.listfile.read_list` like every list of the project (blank lines and ``#`` comment lines
+skipped, relative paths relative to the list file). ClearerVoice-format pair lists hold
+``noisy_path clean_path [duration]`` per line.
 
 :func:`scan_files` and :func:`scan_pairs` read every header (``audio.info``) once at start and, when asked,
 every file's samples too, so that missing, unreadable, silent, mis-sampled or too-short files are one
@@ -22,6 +23,7 @@ import numpy as np
 
 from steadyvoice import audio
 from steadyvoice.errors import AudioError, DataError
+from steadyvoice.listfile import read_list, resolve_listed
 
 log = logging.getLogger("steadyvoice")
 
@@ -83,10 +85,10 @@ def collect_paths(sources: list[str], role: str) -> list[Path]:
         elif audio.is_audio_path(src):
             paths.append(src)
         elif src.is_file():
-            entries = [fields[0] for fields in _read_list_lines(src)]
+            entries = read_list(src)
             if not entries:
                 raise DataError(f"{src}: the {role} list file is empty")
-            paths.extend(_resolve(src, e) for e in entries)
+            paths.extend(entry.path for entry in entries)
         else:
             raise DataError(f"{src}: no such {role} file or directory")
     return paths
@@ -98,33 +100,14 @@ def read_pair_list(list_path: str) -> list[tuple[Path, Path]]:
     if not src.is_file():
         raise DataError(f"{src}: no such pair list file")
     pairs = []
-    for lineno, fields in enumerate(_read_list_lines(src), start=1):
-        if len(fields) not in (2, 3):
-            raise DataError(
-                f"{src}: entry {lineno} has {len(fields)} fields; a pair list line is 'noisy_path clean_path [duration]'"
-            )
-        pairs.append((_resolve(src, fields[0]), _resolve(src, fields[1])))
+    for entry in read_list(src):
+        if len(entry.fields) not in (2, 3):
+            raise DataError(f"{src}, line {entry.line}: {len(entry.fields)} field(s); a pair list line is "
+                            "'noisy_path clean_path [duration]'")
+        pairs.append((entry.path, resolve_listed(src, entry.fields[1])))
     if not pairs:
         raise DataError(f"{src}: the pair list is empty")
     return pairs
-
-
-def _read_list_lines(path: Path) -> list[list[str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read list file ({exc})") from None
-    out = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            out.append(line.split())
-    return out
-
-
-def _resolve(list_file: Path, entry: str) -> Path:
-    p = Path(entry).expanduser()
-    return p if p.is_absolute() else list_file.parent / p
 
 
 # ---------------------------------------------------------------- scanning
@@ -243,6 +226,7 @@ def _long_enough(items: list, min_seconds: float, noun: str, unit: str, plural: 
             f"{longest.duration:.2f} s ({path_of(longest)}); {hint}"
         )
     if len(long_enough) < len(items):
-        log.warning("%d of %d %s are shorter than the %g s crop and are left out",
-                    len(items) - len(long_enough), len(items), plural, min_seconds)
+        short = [f"{path_of(it)} ({it.duration:.2f} s)" for it in items if it.duration < min_seconds]
+        log.warning("%s", _listing(f"{len(short)} of {len(items)} {plural} are shorter than the {min_seconds:g} s "
+                                   "crop and are left out", short))
     return long_enough

@@ -2,11 +2,12 @@
 
 ```python
 from steadyvoice.eval import si_sdr, pesq_wb, pesq_nb, stoi, estoi, composite, DNSMOS, score_pair
-si_sdr(ref, est)                      # dB; ref, est: 1-D arrays of equal length
-pesq_wb(ref, est, sr)                 # resampled to 16 kHz; pesq_nb at 8 kHz; stoi/estoi via pystoi
-composite(ref, est, sr)               # {"csig", "cbak", "covl", ...} at 16 kHz
+# every metric takes (estimate, reference), as torchmetrics and steadyvoice.train.losses
+si_sdr(est, ref)                      # dB; est, ref: 1-D arrays of equal length
+pesq_wb(est, ref, sr)                 # resampled to 16 kHz; pesq_nb at 8 kHz; stoi/estoi via pystoi
+composite(est, ref, sr)               # {"csig", "cbak", "covl", ...} at 16 kHz
 DNSMOS()(audio, sr)                   # {"sig", "bak", "ovrl", "p808"}; sessions built once per instance
-score_pair(ref, est, sr, ["pesq_wb", "dnsmos"])   # {"pesq_wb": ..., "dnsmos_sig": ..., ...}
+score_pair(est, ref, sr, ["pesq_wb", "dnsmos"])   # {"pesq_wb": ..., "dnsmos_sig": ..., ...}
 result = score_directories(ref_dir, est_dir, noisy_dir, metrics, jobs=2)
 result.rows, result.summary            # per-file rows (sorted), mean/std/count + improvement
 ```

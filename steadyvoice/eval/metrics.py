@@ -1,7 +1,8 @@
 """Speech-quality metrics on arrays: PESQ, STOI, ESTOI, SI-SDR, composite CSIG/CBAK/COVL, DNSMOS.
 
-Every function takes the reference (clean) signal first and the signal to judge second, 1-D float
-arrays of the same length at sample rate ``sr``. Where a metric is defined at a fixed rate, the
+Every function takes the signal to judge first and the reference (clean) signal second,
+``(estimate, reference)`` as in torchmetrics and ``steadyvoice.train.losses``: 1-D float arrays of the
+same length at sample rate ``sr``. Where a metric is defined at a fixed rate, the
 signals are resampled with soxr: wide-band PESQ and the composite measures at 16 kHz, narrow-band PESQ
 at 8 kHz, DNSMOS at 16 kHz; pystoi resamples to 10 kHz itself. A metric that is undefined for the
 input (silent signal, too short, no speech found) raises :class:`~steadyvoice.errors.AudioError`
@@ -66,13 +67,13 @@ def metric_columns(metrics: Iterable[str]) -> list[str]:
 # SI-SDR
 
 
-def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
+def si_sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
     """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al., ICASSP 2019), zero-mean signals.
 
     Hand-written: it is three lines of linear algebra. The ratio is bounded to +-200 dB (identical or
     orthogonal signals) so that means and JSON stay finite.
     """
-    ref, est = _pair(ref, est)
+    est, ref = _pair(estimate, reference)
     ref = ref - ref.mean()
     est = est - est.mean()
     ref_energy = float(ref @ ref)
@@ -91,24 +92,24 @@ def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
 # PESQ (ITU-T P.862 / P.862.2 through the `pesq` package)
 
 
-def pesq_wb(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+def pesq_wb(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
     """Wide-band PESQ (P.862.2 MOS-LQO, 1.04-4.64) at 16 kHz. Needs audio sampled at 16 kHz or more."""
     if sr < 16000:
         raise AudioError(f"wide-band PESQ needs audio sampled at 16 kHz or more, not {sr} Hz; use pesq_nb")
-    return _pesq(ref, est, sr, 16000, "wb")
+    return _pesq(estimate, reference, sr, 16000, "wb")
 
 
-def pesq_nb(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+def pesq_nb(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
     """Narrow-band PESQ (P.862 with the P.862.1 MOS-LQO mapping) at 8 kHz."""
     if sr < 8000:
         raise AudioError(f"narrow-band PESQ needs audio sampled at 8 kHz or more, not {sr} Hz")
-    return _pesq(ref, est, sr, 8000, "nb")
+    return _pesq(estimate, reference, sr, 8000, "nb")
 
 
-def _pesq(ref: np.ndarray, est: np.ndarray, sr: int, rate: int, mode: str) -> float:
+def _pesq(estimate: np.ndarray, reference: np.ndarray, sr: int, rate: int, mode: str) -> float:
     import pesq as pesq_lib
 
-    ref, est = _pair(ref, est)
+    est, ref = _pair(estimate, reference)
     ref = resample(ref.astype(np.float32), sr, rate)
     est = resample(est.astype(np.float32), sr, rate)
     name = f"PESQ ({mode})"
@@ -117,7 +118,7 @@ def _pesq(ref: np.ndarray, est: np.ndarray, sr: int, rate: int, mode: str) -> fl
     if not np.any(est):
         raise AudioError(f"{name} is undefined: the signal to judge is silent")
     try:
-        return float(pesq_lib.pesq(rate, ref, est, mode))
+        return float(pesq_lib.pesq(rate, ref, est, mode))  # the pesq package takes the reference first
     except pesq_lib.NoUtterancesError:
         raise AudioError(f"{name} found no speech in the reference or in the signal to judge") from None
     except pesq_lib.BufferTooShortError:
@@ -130,26 +131,26 @@ def _pesq(ref: np.ndarray, est: np.ndarray, sr: int, rate: int, mode: str) -> fl
 # STOI / ESTOI (pystoi, which resamples to 10 kHz itself)
 
 
-def stoi(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+def stoi(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
     """Short-time objective intelligibility (Taal et al. 2011), 0-1."""
-    return _stoi(ref, est, sr, extended=False)
+    return _stoi(estimate, reference, sr, extended=False)
 
 
-def estoi(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+def estoi(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
     """Extended STOI (Jensen & Taal 2016), for modulated maskers; roughly 0-1."""
-    return _stoi(ref, est, sr, extended=True)
+    return _stoi(estimate, reference, sr, extended=True)
 
 
-def _stoi(ref: np.ndarray, est: np.ndarray, sr: int, extended: bool) -> float:
+def _stoi(estimate: np.ndarray, reference: np.ndarray, sr: int, extended: bool) -> float:
     from pystoi import stoi as pystoi_stoi
 
-    ref, est = _pair(ref, est)
+    est, ref = _pair(estimate, reference)
     name = "ESTOI" if extended else "STOI"
     if not np.any(ref):
         raise AudioError(f"{name} is undefined: the reference is silent")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        value = float(pystoi_stoi(ref, est, sr, extended=extended))
+        value = float(pystoi_stoi(ref, est, sr, extended=extended))  # pystoi takes the reference first
     if any("Not enough STFT frames" in str(w.message) for w in caught):
         # pystoi returns 1e-5 with a warning; that number would silently drag means down.
         raise AudioError(f"{name} needs at least 0.4 s of speech in the reference (after removing silence)")
@@ -180,7 +181,7 @@ _CRIT_BANDWIDTH = np.array([
     346.136])
 
 
-def composite(ref: np.ndarray, est: np.ndarray, sr: int, *, pesq_wb_score: float | None = None) -> dict:
+def composite(estimate: np.ndarray, reference: np.ndarray, sr: int, *, pesq_wb_score: float | None = None) -> dict:
     """CSIG (signal distortion), CBAK (background intrusiveness), COVL (overall quality), each 1-5.
 
     ``pesq_wb_score``: the wide-band PESQ of this pair if already computed (saves the second run).
@@ -188,9 +189,9 @@ def composite(ref: np.ndarray, est: np.ndarray, sr: int, *, pesq_wb_score: float
     """
     if sr < COMPOSITE_RATE:
         raise AudioError(f"the composite measures need audio sampled at 16 kHz or more, not {sr} Hz")
-    ref, est = _pair(ref, est)
+    est, ref = _pair(estimate, reference)
     if pesq_wb_score is None:
-        pesq_wb_score = pesq_wb(ref, est, sr)
+        pesq_wb_score = pesq_wb(est, ref, sr)
     x = resample(ref.astype(np.float32), sr, COMPOSITE_RATE).astype(np.float64) + np.finfo(float).eps
     y = resample(est.astype(np.float32), sr, COMPOSITE_RATE).astype(np.float64) + np.finfo(float).eps
     xf, yf = _frames(x, COMPOSITE_RATE), _frames(y, COMPOSITE_RATE)  # (F, win) each
@@ -323,28 +324,28 @@ def _lpc(frames: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_pair(
-    ref: np.ndarray | None,
-    est: np.ndarray,
+    estimate: np.ndarray,
+    reference: np.ndarray | None,
     sr: int,
     metrics: Iterable[str] = tuple(METRICS),
     *,
     dnsmos=None,
     est_name: str = "estimate",
 ) -> dict[str, float]:
-    """Score ``est`` against ``ref`` (same shape, (N,) or (N, C), rate ``sr``) -> {column: value}.
+    """Score ``estimate`` against ``reference`` (same shape, (N,) or (N, C), rate ``sr``) -> {column: value}.
 
     Each channel is scored on its own and the scores are averaged over channels. ``dnsmos``: a
-    :class:`~steadyvoice.eval.dnsmos.DNSMOS` to use (default: the process-wide one). ``ref`` may be
-    None when only reference-free metrics (dnsmos) are asked for. ``est_name`` names the judged signal
-    in error messages ("estimate", "noisy").
+    :class:`~steadyvoice.eval.dnsmos.DNSMOS` to use (default: the process-wide one). ``reference`` may
+    be None when only reference-free metrics (dnsmos) are asked for. ``est_name`` names the judged
+    signal in error messages ("estimate", "noisy").
     """
     metrics = parse_metrics(metrics)
     intrusive = [m for m in metrics if m not in REFERENCE_FREE]
-    est = _channels(est)
+    est = _channels(estimate)
     if intrusive:
-        if ref is None:
+        if reference is None:
             raise AudioError(f"{', '.join(intrusive)} need a reference signal")
-        ref = _channels(ref)
+        ref = _channels(reference)
         if ref.shape != est.shape:
             raise AudioError(f"reference shape {ref.shape} and {est_name} shape {est.shape} differ")
         for c in range(ref.shape[1]):
@@ -366,7 +367,7 @@ def score_pair(
         out: dict[str, float] = {}
         for name in metrics:
             try:
-                values = _one_metric(name, r, e, sr, dnsmos, out)
+                values = _one_metric(name, e, r, sr, dnsmos, out)
             except AudioError as exc:
                 raise AudioError(f"{name}: {exc}") from None
             bad = [key for key, value in values.items() if not np.isfinite(value)]
@@ -377,19 +378,19 @@ def score_pair(
     return {key: float(np.mean([ch[key] for ch in per_channel])) for key in per_channel[0]}
 
 
-def _one_metric(name: str, ref, est, sr: int, dnsmos, done: dict) -> dict[str, float]:
+def _one_metric(name: str, est, ref, sr: int, dnsmos, done: dict) -> dict[str, float]:
     if name == "pesq_wb":
-        return {"pesq_wb": pesq_wb(ref, est, sr)}
+        return {"pesq_wb": pesq_wb(est, ref, sr)}
     if name == "pesq_nb":
-        return {"pesq_nb": pesq_nb(ref, est, sr)}
+        return {"pesq_nb": pesq_nb(est, ref, sr)}
     if name == "stoi":
-        return {"stoi": stoi(ref, est, sr)}
+        return {"stoi": stoi(est, ref, sr)}
     if name == "estoi":
-        return {"estoi": estoi(ref, est, sr)}
+        return {"estoi": estoi(est, ref, sr)}
     if name == "si_sdr":
-        return {"si_sdr": si_sdr(ref, est)}
+        return {"si_sdr": si_sdr(est, ref)}
     if name == "composite":
-        c = composite(ref, est, sr, pesq_wb_score=done.get("pesq_wb"))
+        c = composite(est, ref, sr, pesq_wb_score=done.get("pesq_wb"))
         return {"csig": c["csig"], "cbak": c["cbak"], "covl": c["covl"]}
     if name == "dnsmos":
         d = dnsmos(est, sr)
@@ -401,16 +402,17 @@ def _one_metric(name: str, ref, est, sr: int, dnsmos, done: dict) -> dict[str, f
 # helpers
 
 
-def _pair(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ref = np.asarray(ref, dtype=np.float64)
-    est = np.asarray(est, dtype=np.float64)
-    if ref.ndim != 1 or est.ndim != 1:
-        raise AudioError(f"expected two 1-D signals, got shapes {ref.shape} and {est.shape}")
-    if ref.shape != est.shape:
-        raise AudioError(f"the signals differ in length: {ref.shape[0]} and {est.shape[0]} samples")
-    if ref.shape[0] == 0:
+def _pair(estimate: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(estimate, reference) as float64 1-D arrays of the same, non-zero length."""
+    est = np.asarray(estimate, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if est.ndim != 1 or ref.ndim != 1:
+        raise AudioError(f"expected two 1-D signals, got shapes {est.shape} and {ref.shape}")
+    if est.shape != ref.shape:
+        raise AudioError(f"the signals differ in length: {est.shape[0]} and {ref.shape[0]} samples")
+    if est.shape[0] == 0:
         raise AudioError("empty signals")
-    return ref, est
+    return est, ref
 
 
 def _channels(x: np.ndarray) -> np.ndarray:

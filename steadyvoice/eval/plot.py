@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steadyvoice.errors import DataError
+from steadyvoice.errors import DataError, os_failure
 from steadyvoice.fileio import atomic_write
 
 __all__ = ["plot_scores"]
@@ -66,4 +66,4 @@ def _save_png(fig, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
     except OSError as exc:
-        raise DataError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
+        raise os_failure(DataError, path, exc, "cannot write the plot") from None

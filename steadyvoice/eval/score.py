@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from steadyvoice.audio import is_audio_path, read_audio, resample
-from steadyvoice.errors import AudioError, DataError, SteadyVoiceError
+from steadyvoice.errors import AudioError, DataError, SteadyVoiceError, os_failure
 from steadyvoice.eval.dnsmos import shared_dnsmos
 from steadyvoice.eval.metrics import METRICS, REFERENCE_FREE, metric_columns, parse_metrics, score_pair
 from steadyvoice.fileio import atomic_write_text
@@ -238,7 +238,7 @@ def _score_files(task: _Task) -> dict:
     scores = {}
     for role, x in signals.items():
         try:
-            scores[role] = score_pair(ref, x[:n], sr, task.metrics, dnsmos=dnsmos, est_name=role)
+            scores[role] = score_pair(x[:n], ref, sr, task.metrics, dnsmos=dnsmos, est_name=role)
         except SteadyVoiceError as exc:
             raise AudioError(f"{task.paths[role]}: {exc}") from None
     return {"file": task.file, "status": "ok", "error": "", "notes": notes, "sample_rate": sr,
@@ -357,10 +357,10 @@ def _cell(value: float) -> str:
 
 
 def _write_text(path: str | Path, text: str) -> None:
-    """Atomic text write (steadyvoice.fileio); an OSError becomes a DataError naming the file."""
+    """Atomic text write (steadyvoice.fileio); an OSError becomes a DataError naming the file (exit code 1)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text, newline="")
     except OSError as exc:
-        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise os_failure(DataError, path, exc) from None

@@ -38,6 +38,9 @@ __all__ = [
     "load_model",
     "count_parameters",
     "load_state_dict_strict",
+    "resolve_config",
+    "is_model_dir",
+    "read_pretrained_weights",
     "read_model_config",
     "MODEL_FORMAT",
     "MODEL_FORMAT_VERSION",
@@ -49,6 +52,7 @@ MODEL_FORMAT_VERSION = 1
 ARCHITECTURE = "mossformer2-se"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE)  # what a model directory holds
 
 CONFIGS: dict[str, MossFormer2SEConfig] = {
     # ClearerVoice-Studio's MossFormer2_SE_48K (55,262,154 trainable parameters + 16 fixed rotary frequencies).
@@ -69,6 +73,13 @@ def get_config(name: str) -> MossFormer2SEConfig:
         raise ModelError(f"unknown model config {name!r}; valid names: {', '.join(CONFIGS)}") from None
 
 
+def resolve_config(name: str, overrides: dict | None = None, path: str = "model.overrides") -> MossFormer2SEConfig:
+    """The named configuration with ``overrides`` applied (strict: an unknown field is a ConfigError naming
+    ``path.<field>``); what a training config's ``model: {name, overrides}`` section describes."""
+    base = get_config(name)
+    return from_dict(type(base), {**to_dict(base), **(overrides or {})}, path=path)
+
+
 def build_model(cfg: MossFormer2SEConfig | str) -> MossFormer2SE:
     """A freshly initialised model for ``cfg`` (a config or a registry name)."""
     if isinstance(cfg, str):
@@ -84,7 +95,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    from steadyvoice.train.distributed import unwrap_model  # the one place DDP / compile wrappers are removed
+    from steadyvoice.distributed import unwrap_model  # the one place DDP / compile wrappers are removed
 
     return unwrap_model(model)
 
@@ -122,9 +133,12 @@ def load_state_dict_strict(
         if tuple(have.shape) != tuple(want.shape):
             raise error(f"{where}: weight {name(key)} has shape {tuple(have.shape)} but the model expects "
                         f"{tuple(want.shape)}; {hint}")
-        if not have.is_floating_point():
-            raise error(f"{where}: weight {name(key)} has dtype {have.dtype}; expected floating point")
-        converted[key] = have.to(want.dtype)
+        if have.is_floating_point() and want.is_floating_point():
+            converted[key] = have.to(want.dtype)  # another precision of the same values
+        elif have.dtype == want.dtype:
+            converted[key] = have  # integer / boolean buffers (counters, masks) load as they are
+        else:
+            raise error(f"{where}: weight {name(key)} has dtype {have.dtype}; the model expects {want.dtype}")
     model.load_state_dict(converted, strict=True)
 
 
@@ -211,20 +225,31 @@ def read_model_config(path: str | Path) -> MossFormer2SEConfig:
         raise ModelError(f"{config_path}: {exc}") from None
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tuple[MossFormer2SE, MossFormer2SEConfig]:
-    """Model directory (or a file inside it) -> (model in eval mode on ``device``, config)."""
+def is_model_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a model directory (config.json + model.safetensors)."""
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def read_pretrained_weights(path: str | Path, error: type[Exception] = ModelError) -> tuple[dict[str, torch.Tensor], Path]:
+    """The tensors of a model directory's weights file (CPU) and that file's path."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = _model_dir(path)
-    cfg = read_model_config(directory)
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
-        raise ModelError(f"{directory}: {WEIGHTS_FILE} is missing (config.json alone is not a model)")
+        raise error(f"{directory}: {WEIGHTS_FILE} is missing (config.json alone is not a model)")
     try:
-        sd = load_file(str(weights_path), device="cpu")
+        return load_file(str(weights_path), device="cpu"), weights_path
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{weights_path}: unreadable or damaged weights file ({exc})") from None
+        raise error(f"{weights_path}: unreadable or damaged weights file ({exc})") from None
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tuple[MossFormer2SE, MossFormer2SEConfig]:
+    """Model directory (or a file inside it) -> (model in eval mode on ``device``, config)."""
+    cfg = read_model_config(path)
+    sd, weights_path = read_pretrained_weights(path)
     model = MossFormer2SE(cfg)
     load_state_dict_strict(model, sd, where=str(weights_path))
     return model.to(device).eval(), cfg

@@ -7,7 +7,7 @@ as a pickled ``.pt`` file: ``{'model': state_dict, ...}`` or a bare state_dict, 
 * reads such a file without running code (:func:`read_official_checkpoint`: ``torch.load`` with
   ``weights_only=True``, after refusing Git-LFS pointer files, their issue #82);
 * removes wrapper prefixes in one place (:func:`strip_wrapper_prefixes`, the state-dict counterpart of
-  :func:`steadyvoice.train.distributed.unwrap_model`);
+  :func:`steadyvoice.distributed.unwrap_model`);
 * maps their keys to ours and back (:func:`official_to_ours` / :func:`ours_to_official`). Their 1x1
   convolutions become our Linear layers (weights ``(out, in, 1)`` <-> ``(out, in)``) and their 2-D FSMN
   memory convolution our 1-D one (``(C, 1, K, 1)`` <-> ``(C, 1, K)``). Two of their entries are fixed
@@ -144,7 +144,7 @@ def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: is a directory; give the path of the ClearerVoice .pt checkpoint file")
     try:
         with path.open("rb") as fh:
-            head = fh.read(len(_LFS_MAGIC))
+            head = fh.read(_HEAD_BYTES)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not head:
@@ -152,6 +152,7 @@ def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if head.startswith(_LFS_MAGIC):
         raise CheckpointError(f"{path}: this is a Git-LFS pointer, not the weights: run `git lfs pull` in the "
                               "repository you cloned it from (or download the file itself)")
+    _check_container(path, head)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; we explain instead
             warnings.simplefilter("ignore", UserWarning)
@@ -161,7 +162,60 @@ def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"{path}: the checkpoint is truncated or corrupt ({_first_line(exc)}); "
                               "download or copy it again") from None
+    except Exception as exc:  # noqa: BLE001 - the safe unpickler fails on garbage with IndexError, KeyError, ...
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: corrupt, or not a file written by "
+                              f"torch.save ({type(exc).__name__}: {_first_line(exc)})") from None
     return _state_dict_of(obj, path)
+
+
+_HEAD_BYTES = 512
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format (torch >= 1.6) is a zip archive
+_LEGACY_TORCH_MAGIC = b"l\xfc\x9cF\xf9 j\xa8P\x19"  # older torch.save: a pickle that starts with this number
+_OTHER_KINDS = [  # (leading bytes, what the file is): files users pass by mistake
+    (b"RIFF", "a RIFF/WAV audio file"), (b"fLaC", "a FLAC audio file"), (b"OggS", "an Ogg audio file"),
+    (b"ID3", "an MP3 audio file"), (b"\x1f\x8b", "a gzip archive"), (b"\x89HDF", "an HDF5 file"),
+    (b"\x93NUMPY", "a NumPy .npy file"), (b"{", "a JSON file"),
+]
+
+
+def _check_container(path: Path, head: bytes) -> None:
+    """Refuse, by its first bytes, a file that torch.save did not write, before torch.load meets it.
+
+    torch.load's safe unpickler fails on such files with bare IndexError/KeyError/RuntimeError messages.
+    """
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            raise CheckpointError(f"{path}: the checkpoint is truncated or corrupt (its zip archive is incomplete "
+                                  "or damaged); download or copy it again") from None
+        if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+            raise CheckpointError(f"{path}: a zip archive but not a PyTorch checkpoint (no data.pkl inside); "
+                                  "give the ClearerVoice .pt checkpoint file")
+        return
+    if head.startswith(b"\x80"):  # a pickle: the legacy torch.save format, or plain pickled Python objects
+        if _LEGACY_TORCH_MAGIC in head[:32]:
+            return
+        raise CheckpointError(f"{path}: refused: a plain Python pickle, not a PyTorch checkpoint (torch.save's "
+                              "magic number is missing); it is not loaded, as unpickling it could run code")
+    kind = next((what for magic, what in _OTHER_KINDS if head.startswith(magic)), None)
+    if kind is None and _looks_like_text(head):
+        kind = "a text file"
+    what = f"{kind}, not a PyTorch checkpoint" if kind else "not a PyTorch checkpoint"
+    raise CheckpointError(f"{path}: {what} (neither a zip archive nor a pickle, the two formats of torch.save); "
+                          "give the ClearerVoice .pt checkpoint file (e.g. last_best_checkpoint.pt)")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """The first bytes of a file decode as printable UTF-8 (a character cut at the end is allowed)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return bool(text) and all(ch.isprintable() or ch in "\t\r\n" for ch in text)
 
 
 def _describe_unpickling_refusal(exc: pickle.UnpicklingError) -> str:
@@ -207,7 +261,7 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def strip_wrapper_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove leading ``module.`` / ``_orig_mod.`` (DDP / torch.compile) from every key.
 
-    The state-dict twin of :func:`steadyvoice.train.distributed.unwrap_model`; no other code strips
+    The state-dict twin of :func:`steadyvoice.distributed.unwrap_model`; no other code strips
     wrapper prefixes. Two keys that become equal are an error.
     """
     out: dict[str, torch.Tensor] = {}

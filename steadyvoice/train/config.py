@@ -17,12 +17,13 @@ Unknown keys and bad values are ConfigErrors naming the key path. The resolved c
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from steadyvoice.checkpoint.config import CheckpointConfig
-from steadyvoice.config import from_dict, from_yaml, load_yaml_file, to_dict
+from steadyvoice.config import apply_overrides, from_dict, load_yaml_file, to_dict
 from steadyvoice.data.config import DataConfig
 from steadyvoice.errors import ConfigError
 
@@ -45,13 +46,12 @@ class ModelSection:
     def resolve(self):
         """The MossFormer2SEConfig this section describes (ConfigError naming model.overrides.<key>)."""
         from steadyvoice.errors import ModelError
-        from steadyvoice.models import get_config  # lazy: the config module must not import torch
+        from steadyvoice.models import resolve_config  # lazy: the config module must not import torch
 
         try:
-            base = get_config(self.name)
+            return resolve_config(self.name, self.overrides, path="model.overrides")
         except ModelError as exc:
             raise ConfigError(f"model.name: {exc}") from None
-        return from_dict(type(base), {**to_dict(base), **self.overrides}, path="model.overrides")
 
 
 @dataclass
@@ -148,13 +148,44 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Parse a YAML config with ``section.key=value`` overrides; also checks the model section resolves."""
-    cfg = from_yaml(TrainConfig, path, overrides)
+    """Parse a YAML config with ``section.key=value`` overrides; also checks the model section resolves.
+
+    An error caused by an override (a typo in ``--set optim.lrr=1``) names that override, not the file.
+    """
+    overrides = list(overrides or [])
+    recipe = load_yaml_file(path)  # errors name the file
     try:
-        cfg.model.resolve()
+        apply_overrides(recipe, overrides)
+    except ConfigError as exc:  # "override 'a.b=1': 'a' is not a section"
+        raise ConfigError(f"--set: {exc}") from None
+    try:
+        return _parse_train_config(recipe, overrides)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        culprit = _override_to_blame(recipe, overrides, str(exc))
+        raise ConfigError(f"{f'--set {culprit}' if culprit else path}: {exc}") from None
+
+
+def _parse_train_config(recipe: dict, overrides: list[str]) -> TrainConfig:
+    cfg = from_dict(TrainConfig, apply_overrides(recipe, overrides))
+    cfg.model.resolve()
     return cfg
+
+
+def _override_to_blame(recipe: dict, overrides: list[str], message: str) -> str | None:
+    """The override behind a ConfigError: the message names its key (or the section around it) and the
+    config parses, or fails otherwise, without it. None: the recipe itself is at fault."""
+    named = set(re.findall(r"'([\w.-]+)'", message)) | set(re.findall(r"^([\w.-]+):", message))
+    for i, item in enumerate(overrides):
+        key = item.split("=", 1)[0].strip()
+        if not any(key == n or key.startswith(n + ".") or n.startswith(key + ".") for n in named):
+            continue
+        try:
+            _parse_train_config(recipe, overrides[:i] + overrides[i + 1:])
+        except ConfigError as exc:
+            if str(exc) == message:
+                continue
+        return item
+    return None
 
 
 def config_to_yaml_dict(cfg: TrainConfig) -> dict:

@@ -8,9 +8,10 @@ Exact resume is the design goal:
 - every example is a pure function of (seed, epoch, index) and the data state is one global position
   (see steadyvoice.data.sampler), so the DataLoader's workers and prefetching hold no state of their own;
 - state is captured only between optimizer steps (never inside gradient accumulation);
-- ``state_dict()`` holds model, optimizer, LR schedule, early stopping, data position, progress counters,
-  this process's RNG states and the GradScaler; ``load_state_dict()`` restores them so that training on
-  gives bit-identical results (CPU, same world size) to a run that never stopped.
+- :attr:`Trainer.parts` names every stateful part (model, optimizer, progress counters, data position, LR
+  schedule, early stopping, GradScaler, this process's RNG states), each with ``state_dict()`` /
+  ``load_state_dict()``; the checkpoint layer saves and restores that mapping, in that order, so that
+  training on gives bit-identical results (CPU, same world size) to a run that never stopped.
 
 With ``checkpointer=None`` (unit tests) nothing is saved and the plateau rule's "reload the best weights"
 uses an in-memory copy of the best model and optimizer moments.
@@ -19,6 +20,7 @@ uses an in-memory copy of the best model and optimizer moments.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import logging
 import math
@@ -35,12 +37,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from steadyvoice.checkpoint.parts import ModelState, OptimizerState, Parts, RNGState
 from steadyvoice.data import DataPosition, ShardedBatchSampler, TrainingData, collate, usable_examples
 from steadyvoice.errors import ConfigError, DataError
-from steadyvoice.features import apply_mask, fbank_features, frame_count, istft, stft
+from steadyvoice.features import cropped_length, one_pass, stft
 from steadyvoice.models import build_model, count_parameters
 from steadyvoice.train.config import TrainConfig
-from steadyvoice.train.distributed import DistContext, wrap_model
+from steadyvoice.distributed import DistContext, die_with_parent, wrap_model
 from steadyvoice.train.logging import RunLogger
 from steadyvoice.train.losses import neg_si_snr, psm_mse, si_sdr
 from steadyvoice.train.schedule import EarlyStopping, LRSchedule
@@ -55,9 +58,9 @@ class Checkpointer(Protocol):
 
     restored: Any  # what the last restore() loaded (path, step, epoch, ...); None when it started fresh
 
-    def restore(self, trainer: Trainer) -> bool: ...
-    def save(self, trainer: Trainer, *, metrics: dict, is_best: bool, reason: str) -> None: ...
-    def load_best_weights(self, trainer: Trainer) -> None: ...
+    def restore(self, parts: Parts) -> bool: ...
+    def save(self, parts: Parts, *, step: int, epoch: int, metrics: dict, is_best: bool, reason: str) -> None: ...
+    def load_best_weights(self, parts: Parts) -> None: ...
     def close(self) -> None: ...
 
 
@@ -70,6 +73,47 @@ class Progress:
     samples: int = 0  # examples trained on, all processes together
     skipped_files: int = 0  # bad files skipped while mixing, all processes together
     nonfinite_steps: int = 0  # optimizer steps skipped because the gradient was NaN/inf
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "micro_step": self.micro_step, "samples": self.samples,
+                "skipped_files": self.skipped_files, "nonfinite_steps": self.nonfinite_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.micro_step, self.samples = int(state["step"]), int(state["micro_step"]), int(state["samples"])
+        self.skipped_files = int(state.get("skipped_files", 0))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+
+
+class DataState:
+    """The data part: the position in the epoch order, checked against the epoch's size on load."""
+
+    def __init__(self, position: DataPosition, num_examples: int):
+        self.position = position
+        self.num_examples = num_examples
+
+    def state_dict(self) -> dict:
+        return {**self.position.state_dict(), "num_examples": self.num_examples}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["num_examples"]) != self.num_examples:
+            raise DataError(
+                f"the checkpoint was trained on an epoch of {state['num_examples']} examples but the data now gives "
+                f"{self.num_examples}; the training files changed. Restore them, or start over with --restart")
+        self.position.load_state_dict(state)
+
+
+class ScalerState:
+    """The GradScaler (fp16 autocast); empty when it is disabled."""
+
+    def __init__(self, scaler: torch.amp.GradScaler):
+        self.scaler = scaler
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler.is_enabled() else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler.is_enabled() and state:
+            self.scaler.load_state_dict(state)
 
 
 def seed_everything(seed: int) -> None:
@@ -84,30 +128,29 @@ def _quiet_worker(_worker_id: int) -> None:
 
     torchrun signals the whole process group, workers included. The trainer shuts its workers down itself
     (Trainer._train drops the iterator on every exit path); a worker whose main process dies exits on
-    its own (DataLoader's watchdog).
+    its own: the kernel kills it with its trainer (die_with_parent).
     """
     for name in STOP_SIGNALS:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+    die_with_parent()  # ...and die with it (a trainer killed with SIGKILL saves nothing to wait for)
 
 
 class _InMemoryBest:
     """Best model weights and optimizer moments kept in memory (used when there is no Checkpointer)."""
 
     def __init__(self) -> None:
-        self.model: dict[str, torch.Tensor] | None = None
-        self.moments: dict[int, dict[str, Any]] | None = None
+        self.states: dict[str, Any] = {}
 
-    def remember(self, trainer: Trainer) -> None:
-        self.model = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        self.moments = {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in trainer.optimizer.state[p].items()}
-                        for i, p in enumerate(trainer._params())}
+    def remember(self, parts: Parts) -> None:
+        self.states = {name: copy.deepcopy(part.state_dict()) for name, part in parts.items()
+                       if isinstance(part, (ModelState, OptimizerState))}
 
-    def load_best_weights(self, trainer: Trainer) -> None:
-        if self.model is None:
-            return
-        trainer.model.load_state_dict(self.model)
-        for i, p in enumerate(trainer._params()):
-            trainer.optimizer.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in self.moments[i].items()}
+    def load_best_weights(self, parts: Parts) -> None:
+        for name, state in self.states.items():
+            if isinstance(parts[name], ModelState):
+                parts[name].load_state_dict(copy.deepcopy(state))
+            else:
+                parts[name].load_moments(copy.deepcopy(state))
 
 
 class _StopFlag:
@@ -168,16 +211,28 @@ class Trainer:
         self.model = build_model(self.model_config).to(self.device)  # the bare model (what state_dict saves)
         self.net = wrap_model(self.model, self.dist)  # what forward/backward run through (DDP when W > 1)
         self.optimizer = self._build_optimizer()
+        self.progress = Progress()
         cosine = cfg.schedule.kind == "cosine"
-        self.schedule = LRSchedule(self.optimizer, cfg.schedule.warmup_steps,
+        self.schedule = LRSchedule(self.optimizer, self.progress, cfg.schedule.warmup_steps,
                                    decay_steps=cfg.schedule.decay_steps if cosine else 0,
                                    min_lr_ratio=cfg.schedule.min_lr_ratio)
         self.early = EarlyStopping(cfg.schedule)
         self.position = DataPosition()
         self._batches = None  # this rank's micro-batch iterator for the current epoch (owns the workers)
         self._epoch_stop = 0  # position where the current epoch's last full step ends (set per epoch)
-        self.progress = Progress()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.autocast == "fp16")
+        # The run's state, in load order: the schedule rewrites the optimizer's LRs from the progress
+        # counter, so it comes after both; the RNG comes last (nothing after it may draw random numbers).
+        self.parts: dict[str, Any] = {
+            "model": ModelState(self.model),
+            "optimizer": OptimizerState(self.optimizer, self._param_names),
+            "progress": self.progress,
+            "data": DataState(self.position, len(data.train)),
+            "schedule": self.schedule,
+            "early_stopping": self.early,
+            "scaler": ScalerState(self.scaler),
+            "rng": RNGState(self.device),
+        }
         self._memory_best = _InMemoryBest()
         self._stop = _StopFlag()
 
@@ -203,56 +258,14 @@ class Trainer:
         """Names of the optimizer's parameters, in optimizer order."""
         return list(self._param_names)
 
-    # ------------------------------------------------------------------ state
-
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly (torch-native; the checkpoint layer makes it pickle-free)."""
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "early_stopping": self.early.state_dict(),
-            "data": {**self.position.state_dict(), "num_examples": len(self.data.train),
-                     "seed": self.config.train.seed},
-            "progress": {"epoch": self.position.epoch, "step": self.progress.step,
-                         "micro_step": self.progress.micro_step, "samples": self.progress.samples,
-                         "skipped_files": self.progress.skipped_files,
-                         "nonfinite_steps": self.progress.nonfinite_steps},
-            "rng": rng,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-        }
+        """Every part's state, by name (live tensors: copy before training on)."""
+        return {name: part.state_dict() for name, part in self.parts.items()}
 
-    def load_state_dict(self, sd: dict) -> None:
-        """Restore a state_dict(): model, optimizer, then the schedule (which rewrites every group's LR)."""
-        data = sd["data"]
-        if int(data["num_examples"]) != len(self.data.train):
-            raise DataError(
-                f"the checkpoint was trained on an epoch of {data['num_examples']} examples but the data now gives "
-                f"{len(self.data.train)}; the training files changed. Restore them, or start over with --restart")
-        self.model.load_state_dict(sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
-        for i, group in enumerate(self.optimizer.param_groups):
-            if "initial_lr" not in group:  # the checkpoint layer repairs this too; never crash on it here
-                log.warning("param group %d has no initial_lr; using optim.lr=%g", i, self.config.optim.lr)
-                group["initial_lr"] = self.config.optim.lr
-        self.schedule.load_state_dict(sd["schedule"])
-        self.early.load_state_dict(sd["early_stopping"])
-        self.position.load_state_dict(data)
-        p = sd["progress"]
-        self.progress = Progress(step=int(p["step"]), micro_step=int(p["micro_step"]), samples=int(p["samples"]),
-                                 skipped_files=int(p.get("skipped_files", 0)),
-                                 nonfinite_steps=int(p.get("nonfinite_steps", 0)))
-        if self.scaler.is_enabled() and sd.get("scaler"):
-            self.scaler.load_state_dict(sd["scaler"])
-        rng = sd["rng"]  # last: nothing after this may draw random numbers
-        random.setstate(_as_python_state(rng["python"]))
-        np.random.set_state(_as_numpy_state(rng["numpy"]))
-        torch.set_rng_state(torch.as_tensor(rng["torch"], dtype=torch.uint8))
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(torch.as_tensor(rng["cuda"], dtype=torch.uint8), self.device)
+    def load_state_dict(self, state: dict) -> None:
+        """Load every part's state, in the parts' order (what the Checkpointer does, without files)."""
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
 
     @property
     def step(self) -> int:
@@ -282,7 +295,7 @@ class Trainer:
         best = checkpointer if checkpointer is not None else self._memory_best
         self._stop.install()
         try:
-            resumed = checkpointer.restore(self) if checkpointer is not None else False
+            resumed = checkpointer.restore(self.parts) if checkpointer is not None else False
             init_source = None
             if not resumed and init_weights is not None:
                 init_source = init_weights(self.model)
@@ -389,7 +402,8 @@ class Trainer:
         else:
             reason = None
         if reason and checkpointer is not None:
-            checkpointer.save(self, metrics=metrics, is_best=improved, reason=reason)
+            checkpointer.save(self.parts, step=self.progress.step, epoch=self.position.epoch, metrics=metrics,
+                              is_best=improved, reason=reason)
         if signalled:
             return "signal"
         return stop
@@ -469,35 +483,33 @@ class Trainer:
             log.warning("step %d: gradient is not finite; optimizer step skipped", self.progress.step + 1)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.schedule.advance()
-        totals = self.dist.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(skipped), dtype=torch.float64)]))
         self.progress.step += 1
+        self.schedule.apply()  # the LR of the next step
+        totals = self.dist.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(skipped), dtype=torch.float64)]))
         self.progress.samples += self.step_examples
         self.progress.skipped_files += int(totals[1])
         self.position.consumed += self.step_examples
         return float(totals[0]) / self.step_examples, grad_norm
 
     def _losses(self, net: torch.nn.Module, noisy: torch.Tensor, clean: torch.Tensor, want_wave: bool = False) -> dict:
-        """Per-example loss (B,) of a batch, plus the enhanced waveform when asked (validation)."""
+        """Per-example loss (B,) of a batch, plus the enhanced waveform when asked (validation).
+
+        The batch is cut to the frame-aligned length n = cropped_length(N) (the frames cover every kept
+        sample); the model runs in features.one_pass, as at inference, with autocast around the network only.
+        """
         mcfg, lcfg = self.model_config, self.config.loss
-        frames = frame_count(noisy.shape[-1], mcfg)
-        n = mcfg.win_length + (frames - 1) * mcfg.hop_length  # frame-aligned length: every sample is covered
+        n = cropped_length(noisy.shape[-1], mcfg)
         noisy, clean = noisy[:, :n], clean[:, :n]  # (B, n)
-        with torch.no_grad():
-            feats = fbank_features(noisy, mcfg)  # (B, T, 3*n_mels)
-            noisy_spec = stft(noisy, mcfg)  # (B, F, T)
-            clean_spec = stft(clean, mcfg)
         autocast = self.config.train.autocast
-        with torch.autocast(self.device.type, dtype=torch.bfloat16 if autocast == "bf16" else torch.float16,
-                            enabled=autocast != "none"):
-            mask = net(feats)  # (B, T, F)
-        mask = mask.float()
+        net_autocast = torch.autocast(self.device.type, dtype=torch.bfloat16 if autocast == "bf16" else torch.float16,
+                                      enabled=autocast != "none")
+        reconstruct = bool(lcfg.si_snr_weight or want_wave)
+        mask, noisy_spec, enhanced = one_pass(net, noisy, mcfg, autocast=net_autocast, reconstruct=reconstruct)
         loss = torch.zeros(noisy.shape[0], device=noisy.device)
         if lcfg.psm_weight:
-            loss = loss + lcfg.psm_weight * psm_mse(mask, noisy_spec, clean_spec, lcfg.psm_ratio)
+            loss = loss + lcfg.psm_weight * psm_mse(mask, noisy_spec, stft(clean, mcfg), lcfg.psm_ratio)
         out = {}
-        if lcfg.si_snr_weight or want_wave:
-            enhanced = istft(apply_mask(noisy_spec, mask), mcfg, length=n)  # (B, n)
+        if reconstruct:  # enhanced: (B, n)
             if lcfg.si_snr_weight:
                 loss = loss + lcfg.si_snr_weight * neg_si_snr(enhanced, clean)
             out["enhanced"], out["clean"] = enhanced, clean
@@ -538,10 +550,10 @@ class Trainer:
         value = record["valid_loss"] if self.config.schedule.monitor == "loss" else record["valid_si_sdr"]
         decision = self.early.update(value, self.progress.step)
         if decision.improved and best is self._memory_best:
-            self._memory_best.remember(self)
+            self._memory_best.remember(self.parts)
         if decision.plateau:
             if self.early.best is not None:
-                best.load_best_weights(self)  # weights + optimizer moments; counters stay
+                best.load_best_weights(self.parts)  # weights + optimizer moments; counters stay
             self.schedule.decay(self.config.schedule.factor)
         record.update({"improved": decision.improved, "best": self.early.best, "bad_validations": self.early.bad,
                        "plateau": decision.plateau, "stop": decision.stop, "lr": self.schedule.lrs()})
@@ -561,17 +573,4 @@ def _by_snr(table: np.ndarray, edges: list[float]) -> dict:
     return out
 
 
-def _as_python_state(state) -> tuple:
-    """random.setstate wants tuples; a state that went through JSON comes back as lists."""
-    version, internal, gauss = state
-    return (int(version), tuple(int(v) for v in internal), gauss)
-
-
-def _as_numpy_state(state):
-    if isinstance(state, dict):  # {"bit_generator"/...} forms are passed through
-        return state
-    name, keys, pos, has_gauss, cached = state
-    return (str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
-
-
-__all__ = ["Checkpointer", "Progress", "Trainer", "seed_everything"]
+__all__ = ["Checkpointer", "DataState", "Progress", "ScalerState", "Trainer", "seed_everything"]

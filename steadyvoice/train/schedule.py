@@ -2,9 +2,9 @@
 
 :class:`LRSchedule` sets the LR of EVERY parameter group to ``initial_lr * warmup(step) * cosine(step) *
 scale``, where ``scale`` is the product of all plateau factors applied so far and ``cosine`` is 1 unless
-the schedule is ``kind: cosine``. It owns no optimizer state, so restoring
-it is just loading two numbers and calling :meth:`apply` (no ``last_epoch``/``initial_lr`` traps of
-torch.optim.lr_scheduler; the checkpoint still finds ``initial_lr`` in every param group).
+the schedule is ``kind: cosine``. It reads the step from the trainer's progress counter and stores only
+``scale``, so restoring it is loading one number and calling :meth:`apply` (no ``last_epoch``/``initial_lr``
+traps of torch.optim.lr_scheduler; the checkpoint still finds ``initial_lr`` in every param group).
 
 :class:`EarlyStopping` watches the validation metric: it reports an improvement, a plateau (``patience``
 validations without improvement -> the trainer reloads the best weights and calls :meth:`LRSchedule.
@@ -17,25 +17,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from steadyvoice.train.config import ScheduleConfig
 
 
+class StepCounter(Protocol):
+    step: int  # optimizer steps taken
+
+
 class LRSchedule:
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, decay_steps: int = 0,
-                 min_lr_ratio: float = 0.0):
+    def __init__(self, optimizer: torch.optim.Optimizer, progress: StepCounter, warmup_steps: int,
+                 decay_steps: int = 0, min_lr_ratio: float = 0.0):
         self.optimizer = optimizer
+        self.progress = progress  # the trainer's counters: the step is read from there, never stored here
         self.warmup_steps = warmup_steps
         self.decay_steps = decay_steps  # 0 = no cosine decay
         self.min_lr_ratio = min_lr_ratio
-        self.step = 0  # optimizer steps taken
         self.scale = 1.0  # product of plateau factors
-        self.decays = 0
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.apply()
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
 
     def warmup_factor(self) -> float:
         if self.warmup_steps <= 0 or self.step >= self.warmup_steps:
@@ -50,32 +58,23 @@ class LRSchedule:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     def apply(self) -> None:
-        """Write the LR of the next step into every param group."""
+        """Write the LR of the next step into every param group (call after each optimizer step)."""
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * self.warmup_factor() * self.decay_factor() * self.scale
-
-    def advance(self) -> None:
-        """Call after each optimizer step."""
-        self.step += 1
-        self.apply()
 
     def decay(self, factor: float) -> None:
         """Multiply the LR of every param group by ``factor`` from now on."""
         self.scale *= factor
-        self.decays += 1
         self.apply()
 
     def lrs(self) -> list[float]:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "scale": self.scale, "decays": self.decays, "warmup_steps": self.warmup_steps,
-                "decay_steps": self.decay_steps, "min_lr_ratio": self.min_lr_ratio}
+        return {"scale": self.scale}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
         self.scale = float(state["scale"])
-        self.decays = int(state["decays"])
         self.apply()
 
 
@@ -132,7 +131,7 @@ class EarlyStopping:
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "plateaus": self.plateaus,
-                "stopped": self.stopped, "reason": self.reason, "monitor": self.cfg.monitor}
+                "stopped": self.stopped, "reason": self.reason}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = None if state["best"] is None else float(state["best"])

@@ -4,11 +4,22 @@ SteadyVoice uses ``torchrun`` as its launcher and elastic restarter (no home-mad
 ``steadyvoice train`` is a world of one; ``torchrun --nproc_per_node=N -m steadyvoice train ...`` sets
 RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR and this module joins the process group (gloo on CPU, NCCL on
 GPU). Other modules only see a :class:`DistContext`.
+
+Process lifetime: torch elastic starts each worker in a session of its own, so killing torchrun's process
+group (even with SIGKILL) leaves the workers running, training and committing checkpoints beside a rerun.
+:func:`init_distributed` therefore starts :func:`watch_agent` in every torchrun worker: when the agent that
+started it is gone, the worker gets SIGTERM (finish the step, save, exit) and, if it is still alive a few
+seconds later, SIGKILL. DataLoader workers call :func:`die_with_parent` so that they never outlive the
+trainer that forked them.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -113,6 +124,8 @@ def init_distributed(device: str = "auto") -> DistContext:
     dev = torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device("cpu")
     if device == "cuda":
         torch.cuda.set_device(dev)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: never outlive its agent
+        watch_agent()
     if world_size > 1 and not tdist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         tdist.init_process_group(backend=backend)
@@ -149,3 +162,51 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+# ------------------------------------------------------------------------------------------ process lifetime
+AGENT_GRACE_SECONDS = 5.0  # after SIGTERM, how long a worker whose agent died may take to save and exit
+_watching = False
+
+
+def watch_agent(interval: float = 0.5, grace: float = AGENT_GRACE_SECONDS) -> None:
+    """Stop this process when its parent (the torchrun agent) dies: SIGTERM, then SIGKILL after ``grace`` s.
+
+    A daemon thread polls ``os.getppid()`` (the parent-death signal of prctl would follow the agent's
+    *thread*, not its process, and exists on Linux only). SIGTERM lets the trainer finish its step and save,
+    like any preemption; SIGKILL follows if that cannot complete (a peer rank already gone).
+    """
+    global _watching
+    if _watching:
+        return
+    _watching = True
+    agent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == agent:
+            time.sleep(interval)
+        print(f"steadyvoice: the torchrun agent (pid {agent}) is gone; stopping worker {os.getpid()}",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="steadyvoice-agent-watchdog", daemon=True).start()
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the thread that forked it exits (Linux; no-op elsewhere).
+
+    For DataLoader workers: they ignore stop signals (the trainer saves first), so a trainer killed with
+    SIGKILL would otherwise leave them waiting on its queues until DataLoader's own 5-second watchdog.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: DataLoader's watchdog still ends the worker
+        return

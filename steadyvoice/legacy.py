@@ -6,9 +6,13 @@ A ClearerVoice training directory holds ``model.ckpt-E-S.pt`` files (``torch.sav
 exists, the newest ``model.ckpt-*.pt``), reads it without running pickled code
 (:func:`steadyvoice.models.clearervoice.read_official_checkpoint`; then ``torch.load(weights_only=True)``
 for the optimizer), maps every weight to our names, infers the network configuration from the shapes,
-maps the Adam state from their parameter ORDER to our parameter NAMES, repairs a missing ``lr`` /
-``initial_lr`` from the config with a warning, writes ``config.yaml`` and saves one ordinary, verified
-checkpoint through :class:`~steadyvoice.checkpoint.Checkpointer`.
+maps the Adam state from their parameter ORDER to our parameter NAMES, and produces the state of each
+named part of a fresh :class:`~steadyvoice.train.loop.Trainer` (model, optimizer, progress, data position,
+schedule), loading it through the parts' own ``load_state_dict`` (so a missing ``lr`` / ``initial_lr`` is
+repaired, with a warning, where every checkpoint's is: :class:`~steadyvoice.checkpoint.parts.
+OptimizerState`). It then writes ``config.yaml`` and saves one ordinary, verified checkpoint through
+:class:`~steadyvoice.checkpoint.Checkpointer`. This module sits above both ``steadyvoice.checkpoint`` and
+``steadyvoice.train``: it is the one place that uses both.
 
 Semantics of their counters (their solver, ``train/speech_enhancement/solver.py``):
 
@@ -36,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -185,15 +188,14 @@ def import_clearervoice(src_dir: str | Path, dest_run_dir: str | Path, *, config
                         overrides: list[str] | None = None, sample_rate: int | None = None,
                         epoch_finished: bool = False) -> ImportResult:
     """Write ``dest_run_dir`` (config.yaml + one committed checkpoint) from a ClearerVoice training directory."""
-    from steadyvoice.checkpoint.checkpointer import Checkpointer
     from steadyvoice.config import apply_overrides, from_dict, to_dict
     from steadyvoice.data import build_training_data
-    from steadyvoice.models import get_config, load_state_dict_strict
-    from steadyvoice.models.clearervoice import infer_config, official_to_ours
+    from steadyvoice.models import get_config
+    from steadyvoice.models.clearervoice import infer_config
     from steadyvoice.train.config import ModelSection, TrainConfig, load_train_config
-    from steadyvoice.train.distributed import DistContext
+    from steadyvoice.distributed import DistContext
     from steadyvoice.train.loop import Trainer
-    from steadyvoice.train.rundir import prepare_run_dir
+    from steadyvoice.train.rundir import RunDirLock, check_run_config, write_run_config
 
     dest = Path(dest_run_dir)
     if (dest / CHECKPOINTS_DIR).is_dir() and any((dest / CHECKPOINTS_DIR).iterdir()):
@@ -226,18 +228,32 @@ def import_clearervoice(src_dir: str | Path, dest_run_dir: str | Path, *, config
             "the imported run needs the training data it will continue on: pass --pairs LIST (ClearerVoice's "
             ".scp lists work as they are), or --clean DIR --noise DIR, or --config FILE with a data section")
 
-    try:
-        prepare_run_dir(dest, cfg, restart=False)
-    except ConfigError as exc:
-        raise CheckpointError(f"{dest}: {exc}") from None
-    data = build_training_data(cfg.data, sample_rate=model_cfg.sample_rate, seed=cfg.train.seed,
-                               valid_batch_size=cfg.train.valid_batch_size or cfg.train.batch_size)
-    trainer = Trainer(cfg, data, DistContext(), run_dir=dest)
+    with RunDirLock.acquire(dest):  # no trainer may use the run directory while it is written
+        try:
+            check_run_config(dest, cfg, restart=False)
+        except ConfigError as exc:
+            raise CheckpointError(f"{dest}: {exc}") from None
+        data = build_training_data(cfg.data, sample_rate=model_cfg.sample_rate, seed=cfg.train.seed,
+                                   valid_batch_size=cfg.train.valid_batch_size or cfg.train.batch_size)
+        try:
+            write_run_config(dest, cfg)
+        except ConfigError as exc:
+            raise CheckpointError(f"{dest}: {exc}") from None
+        return _import_into(dest, cfg, Trainer(cfg, data, DistContext(), run_dir=dest), path, model_sd, whole,
+                            their_epoch, their_step, epoch_finished)
 
-    ours = official_to_ours(model_sd)
-    load_state_dict_strict(trainer.model, ours, where=str(path), error=CheckpointError)
-    current = trainer.model.state_dict()
-    state_by_name = map_optimizer_state(model_sd, whole["optimizer"], current, path)
+
+def _import_into(dest: Path, cfg, trainer, path: Path, model_sd: dict, whole: dict, their_epoch: int,
+                 their_step: int, epoch_finished: bool) -> ImportResult:
+    """Their model, optimizer and counters as the state of ``trainer``'s parts, saved as one checkpoint."""
+    from steadyvoice.checkpoint.checkpointer import Checkpointer
+    from steadyvoice.distributed import DistContext
+    from steadyvoice.models.clearervoice import official_to_ours
+
+
+    parts = trainer.parts
+    parts["model"].load_state_dict(official_to_ours(model_sd), where=str(path))
+    state_by_name = map_optimizer_state(model_sd, whole["optimizer"], trainer.model.state_dict(), path)
     names = trainer.param_names()
     unknown = sorted(set(state_by_name) - set(names))
     if unknown:
@@ -245,34 +261,23 @@ def import_clearervoice(src_dir: str | Path, dest_run_dir: str | Path, *, config
     opt_steps = [int(s["step"]) for s in state_by_name.values() if "step" in s]
     step = max(opt_steps) if opt_steps else their_step
 
-    their_groups = whole["optimizer"].get("param_groups") or [{}]
-    repaired = []
-    missing = [k for k in ("lr", "initial_lr") if k not in their_groups[0]]
-    lr = float(their_groups[0]["lr"]) if "lr" in their_groups[0] else cfg.optim.lr
-    if missing:
-        repaired.append(f"param group 0 lacked {', '.join(repr(k) for k in missing)}; "
-                        f"repaired from the config: lr={lr:g}, initial_lr={cfg.optim.lr:g}")
-        log.warning("%s: %s", path, repaired[-1])
-    groups = trainer.optimizer.state_dict()["param_groups"]
-    for group in groups:
-        group["lr"], group["initial_lr"] = lr, cfg.optim.lr
-    index = {n: i for i, n in enumerate(names)}
-    trainer.optimizer.load_state_dict(
-        {"state": {index[n]: s for n, s in state_by_name.items()}, "param_groups": groups})
-
-    scale = lr / cfg.optim.lr
-    trainer.schedule.step = step
-    trainer.schedule.scale = scale
-    trainer.schedule.decays = max(0, round(math.log(scale) / math.log(cfg.schedule.factor))) if 0 < scale < 1 else 0
-    trainer.schedule.apply()
-    trainer.position.epoch = their_epoch + 1 if epoch_finished else their_epoch
-    trainer.position.consumed = 0
-    trainer.progress.step = step
-    trainer.progress.micro_step = their_step
+    # Our two parameter groups with their learning rate (one group there; halved by their plateau rule).
+    # A missing lr / initial_lr is left out: the optimizer part repairs it from the config and says so.
+    theirs = (whole["optimizer"].get("param_groups") or [{}])[0]
+    live = parts["optimizer"].state_dict()["param_groups"]
+    groups = [{**{k: v for k, v in g.items() if k not in ("lr", "initial_lr")},
+               **{k: theirs[k] for k in ("lr", "initial_lr") if k in theirs}} for g in live]
+    parts["optimizer"].load_state_dict({"param_groups": groups, "state": state_by_name}, where=str(path))
+    lr = float(theirs["lr"]) if "lr" in theirs else cfg.optim.lr
+    parts["progress"].load_state_dict({"step": step, "micro_step": their_step, "samples": 0})
+    parts["data"].load_state_dict({"epoch": their_epoch + 1 if epoch_finished else their_epoch, "consumed": 0,
+                                   "num_examples": len(trainer.data.train)})
+    parts["schedule"].load_state_dict({"scale": lr / cfg.optim.lr})  # rewrites every group's lr
 
     checkpointer = Checkpointer(dest, cfg.checkpoint, DistContext())
-    checkpointer.save(trainer, metrics={}, is_best=False,
+    checkpointer.save(parts, step=step, epoch=trainer.position.epoch, metrics={}, is_best=False,
                       reason=f"imported from ClearerVoice {path.name} (epoch {their_epoch}, step {their_step})")
     checkpointer.close()
     return ImportResult(source=path, their_epoch=their_epoch, their_step=their_step, checkpoint=checkpointer.last_saved,
-                        step=step, epoch=trainer.position.epoch, config_path=dest / "config.yaml", repaired=repaired)
+                        step=step, epoch=trainer.position.epoch, config_path=dest / "config.yaml",
+                        repaired=list(parts["optimizer"].repaired))
