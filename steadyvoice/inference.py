@@ -306,7 +306,7 @@ def _hint_for_file(path: Path) -> str:
 
 
 class Enhancer:
-    """Speech enhancement with a MossFormer2-SE model. Usage::
+    """Speech enhancement with any enhancement architecture (MossFormer2-SE, ...). Usage::
 
         enhancer = Enhancer.from_pretrained("models/my-model", device="cpu")
         clean = enhancer(noisy, 16000)          # (N,) or (N, C) float -> same shape, float32, same rate
@@ -324,9 +324,16 @@ class Enhancer:
         margin_seconds: float = MARGIN_SECONDS,
         crossfade_seconds: float = CROSSFADE_SECONDS,
     ):
+        from steadyvoice.models import architecture_of
+        from steadyvoice.pipelines import one_pass
+
+        if architecture_of(cfg).task != "enhancement":
+            raise ModelError(f"{architecture_of(cfg).name} is a {architecture_of(cfg).task} model, not an enhancement "
+                             "model; use steadyvoice.Separator (steadyvoice separate) for it")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.cfg = cfg
+        self._pass = one_pass(cfg)  # the architecture's waveform -> waveform path
         self.sample_rate = int(cfg.sample_rate)
         self.one_pass_max = round(one_pass_max_seconds * self.sample_rate)
         self.plan = plan_windows(
@@ -393,10 +400,8 @@ class Enhancer:
     @torch.no_grad()
     def _one_pass(self, wave: np.ndarray) -> np.ndarray:
         """One model pass over (M,) samples at the model's rate -> (M,)."""
-        from steadyvoice.features import enhance_waveform
-
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(self.device)[None]  # (1, M)
-        y = enhance_waveform(self.model, x, self.cfg)  # (1, M)
+        y = self._pass(self.model, x, self.cfg)  # (1, M)
         return y[0].float().cpu().numpy()
 
     # -- files ----------------------------------------------------------------------------------------

@@ -22,12 +22,14 @@ def register(subparsers) -> None:
     formats = parser.add_subparsers(dest="source_format", metavar="FORMAT")
     formats.required = True
     cv = formats.add_parser("clearervoice", help="ClearerVoice-Studio MossFormer2_SE .pt checkpoint",
-                            description="Convert a ClearerVoice-Studio MossFormer2_SE checkpoint (.pt; bare "
-                                        "state_dict or {'model': ...}, with or without DDP 'module.' prefixes).")
+                            description="Convert a ClearerVoice-Studio checkpoint (.pt; bare state_dict or "
+                                        "{'model': ...}, with or without DDP 'module.' prefixes). The network is "
+                                        "recognised from its keys and shapes.")
     cv.add_argument("src", type=Path, help="the official .pt file")
     cv.add_argument("dest", type=Path, help="output model directory")
-    cv.add_argument("--sample-rate", type=int, default=48000,
-                    help="sample rate the model was trained at (not stored in the weights; default 48000)")
+    cv.add_argument("--sample-rate", type=int, default=None,
+                    help="sample rate the model was trained at (not stored in the weights; default: the official "
+                         "model's, e.g. 48000 for MossFormer2_SE_48K)")
     cv.add_argument("--hop-length", type=int, default=None,
                     help="STFT hop in samples (not stored in the weights; default win_length/5, 384 at 48 kHz)")
     cv.add_argument("--overwrite", action="store_true",
@@ -36,7 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from steadyvoice.models import CONFIGS, count_parameters, save_pretrained
+    from steadyvoice.models import CONFIGS, architecture_of, count_parameters, save_pretrained
     from steadyvoice.models.clearervoice import load_official
 
     dest: Path = args.dest
@@ -49,9 +51,8 @@ def run(args: argparse.Namespace) -> int:
     }
     save_pretrained(model, cfg, dest, source=source)
     name = next((n for n, c in CONFIGS.items() if c == cfg), "custom")
-    print(f"converted {args.src} -> {dest}: config {name} (sample_rate={cfg.sample_rate}, "
-          f"win_length={cfg.win_length}, hop_length={cfg.hop_length}, n_mels={cfg.n_mels}, "
-          f"model_dim={cfg.model_dim}, num_blocks={cfg.num_blocks}), {count_parameters(model):,} parameters")
+    print(f"converted {args.src} -> {dest}: {architecture_of(cfg).name}, config {name} ({_summary(cfg)}), "
+          f"{count_parameters(model):,} parameters")
     return 0
 
 
@@ -81,3 +82,9 @@ def _sha256(path: Path) -> str:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return digest.hexdigest()
+
+
+def _summary(cfg) -> str:
+    """The config fields worth a glance: rate, frame grid and the network's size fields that are set."""
+    keys = ("sample_rate", "win_length", "hop_length", "n_mels", "model_dim", "num_blocks", "channels", "num_spks")
+    return ", ".join(f"{k}={getattr(cfg, k)}" for k in keys if hasattr(cfg, k))

@@ -1,4 +1,9 @@
-"""Models: named configurations, construction, and the inference-model directory format.
+"""Models: architectures, named configurations, construction, and the inference-model directory format.
+
+An architecture (:data:`ARCHITECTURES`) ties a config dataclass to its network class and says what it does
+(``task``: "enhancement" or "separation"); its waveform-in, waveform-out inference path lives in
+:mod:`steadyvoice.pipelines`. Every config dataclass is frozen and has ``sample_rate``, ``win_length`` and
+``hop_length`` (the analysis frame grid long inputs are windowed on).
 
 An exported (inference) model is a directory::
 
@@ -16,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -45,16 +51,45 @@ __all__ = [
     "MODEL_FORMAT",
     "MODEL_FORMAT_VERSION",
     "ARCHITECTURE",
+    "ARCHITECTURES",
+    "Architecture",
+    "architecture_of",
 ]
 
 MODEL_FORMAT = "steadyvoice-model"
 MODEL_FORMAT_VERSION = 1
-ARCHITECTURE = "mossformer2-se"
+ARCHITECTURE = "mossformer2-se"  # the architecture of models written before there were several
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A network family: its config dataclass, its nn.Module (built as ``model_class(cfg)``) and its task."""
+
+    name: str  # config.json "architecture"
+    task: str  # "enhancement" (noisy -> clean) or "separation" (mixture -> one signal per speaker)
+    config_class: type
+    model_class: type
+    description: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "mossformer2-se": Architecture("mossformer2-se", "enhancement", MossFormer2SEConfig, MossFormer2SE,
+                                   "MossFormer2 mask on a log-mel front end (ClearerVoice MossFormer2_SE_48K)"),
+}
+
+
+def architecture_of(cfg: Any) -> Architecture:
+    """The architecture whose config dataclass ``cfg`` is (ModelError otherwise)."""
+    for arch in ARCHITECTURES.values():
+        if type(cfg) is arch.config_class:
+            return arch
+    raise ModelError(f"{type(cfg).__name__} is not the config of a known architecture "
+                     f"({', '.join(ARCHITECTURES)})")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE)  # what a model directory holds
 
-CONFIGS: dict[str, MossFormer2SEConfig] = {
+CONFIGS: dict[str, Any] = {
     # ClearerVoice-Studio's MossFormer2_SE_48K (55,262,154 trainable parameters + 16 fixed rotary frequencies).
     "mossformer2-se-48k": MossFormer2SEConfig(),
     # The reduced configuration of the parity vectors: same signal setup, model_dim 64, 2 blocks (0.8 M).
@@ -65,7 +100,7 @@ CONFIGS: dict[str, MossFormer2SEConfig] = {
 }
 
 
-def get_config(name: str) -> MossFormer2SEConfig:
+def get_config(name: str) -> Any:
     """The named configuration (configs are frozen, so the registry entry itself is returned)."""
     try:
         return CONFIGS[name]
@@ -73,20 +108,18 @@ def get_config(name: str) -> MossFormer2SEConfig:
         raise ModelError(f"unknown model config {name!r}; valid names: {', '.join(CONFIGS)}") from None
 
 
-def resolve_config(name: str, overrides: dict | None = None, path: str = "model.overrides") -> MossFormer2SEConfig:
+def resolve_config(name: str, overrides: dict | None = None, path: str = "model.overrides") -> Any:
     """The named configuration with ``overrides`` applied (strict: an unknown field is a ConfigError naming
     ``path.<field>``); what a training config's ``model: {name, overrides}`` section describes."""
     base = get_config(name)
     return from_dict(type(base), {**to_dict(base), **(overrides or {})}, path=path)
 
 
-def build_model(cfg: MossFormer2SEConfig | str) -> MossFormer2SE:
-    """A freshly initialised model for ``cfg`` (a config or a registry name)."""
+def build_model(cfg: Any) -> nn.Module:
+    """A freshly initialised model for ``cfg`` (a config of any architecture, or a registry name)."""
     if isinstance(cfg, str):
         cfg = get_config(cfg)
-    if not isinstance(cfg, MossFormer2SEConfig):
-        raise ModelError(f"build_model needs a MossFormer2SEConfig or a config name, got {type(cfg).__name__}")
-    return MossFormer2SE(cfg)
+    return architecture_of(cfg).model_class(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -145,7 +178,7 @@ def load_state_dict_strict(
 # ---- the model directory format -----------------------------------------------------------------------
 
 
-def save_pretrained(model: nn.Module, cfg: MossFormer2SEConfig, out_dir: str | Path,
+def save_pretrained(model: nn.Module, cfg: Any, out_dir: str | Path,
                     source: dict | None = None) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` atomically; returns ``out_dir``.
 
@@ -156,14 +189,15 @@ def save_pretrained(model: nn.Module, cfg: MossFormer2SEConfig, out_dir: str | P
     from safetensors.torch import save_file
 
     model = _unwrap(model)
-    if isinstance(model, MossFormer2SE) and model.cfg != cfg:
+    arch = architecture_of(cfg)
+    if getattr(model, "cfg", cfg) != cfg:
         raise ModelError("save_pretrained: cfg differs from the configuration the model was built with")
     out_dir = Path(out_dir)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
-        "architecture": ARCHITECTURE,
+        "architecture": arch.name,
         "config": to_dict(cfg),
         "source": dict(source or {}),
     }
@@ -194,7 +228,7 @@ def _model_file_error(path: Path) -> Iterator[None]:
         raise ModelError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
-def read_model_config(path: str | Path) -> MossFormer2SEConfig:
+def read_model_config(path: str | Path) -> Any:
     """The configuration stored in a model directory's config.json (validated)."""
     directory = _model_dir(path)
     config_path = directory / CONFIG_FILE
@@ -216,11 +250,12 @@ def read_model_config(path: str | Path) -> MossFormer2SEConfig:
     if version != MODEL_FORMAT_VERSION:
         raise ModelError(f"{config_path}: unsupported format_version {version!r}; this SteadyVoice reads version "
                          f"{MODEL_FORMAT_VERSION} (a newer model needs a newer steadyvoice)")
-    if meta.get("architecture") != ARCHITECTURE:
-        raise ModelError(f"{config_path}: unknown architecture {meta.get('architecture')!r}; expected "
-                         f"{ARCHITECTURE!r}")
+    arch = ARCHITECTURES.get(meta.get("architecture"))
+    if arch is None:
+        raise ModelError(f"{config_path}: unknown architecture {meta.get('architecture')!r}; this SteadyVoice knows "
+                         f"{', '.join(ARCHITECTURES)} (a newer model needs a newer steadyvoice)")
     try:
-        return from_dict(MossFormer2SEConfig, meta.get("config"), "config")
+        return from_dict(arch.config_class, meta.get("config"), "config")
     except ConfigError as exc:
         raise ModelError(f"{config_path}: {exc}") from None
 
@@ -246,11 +281,11 @@ def read_pretrained_weights(path: str | Path, error: type[Exception] = ModelErro
         raise error(f"{weights_path}: unreadable or damaged weights file ({exc})") from None
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tuple[MossFormer2SE, MossFormer2SEConfig]:
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
     """Model directory (or a file inside it) -> (model in eval mode on ``device``, config)."""
     cfg = read_model_config(path)
     sd, weights_path = read_pretrained_weights(path)
-    model = MossFormer2SE(cfg)
+    model = build_model(cfg)
     load_state_dict_strict(model, sd, where=str(weights_path))
     return model.to(device).eval(), cfg
 

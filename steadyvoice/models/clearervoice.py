@@ -21,10 +21,13 @@ Every problem is a :class:`~steadyvoice.errors.CheckpointError` naming the file 
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -467,15 +470,66 @@ def _make_config(**values: Any) -> MossFormer2SEConfig:
 # ---- loading ------------------------------------------------------------------------------------------
 
 
-def load_official(path: str | Path, *, sample_rate: int = 48000, hop_length: int | None = None,
-                  fmin: float = 20.0, device: str | torch.device = "cpu") -> tuple[MossFormer2SE, MossFormer2SEConfig]:
-    """Official ``.pt`` -> (our model in eval mode, its config). Every weight must fit exactly."""
-    from steadyvoice.models import load_state_dict_strict  # the one strict loader
+def load_official(path: str | Path, *, sample_rate: int | None = None, hop_length: int | None = None,
+                  fmin: float = 20.0, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """Official ``.pt`` of any known family -> (our model in eval mode, its config). Every weight must fit.
 
+    The family is recognised from the checkpoint's keys and shapes (:data:`FAMILIES`); ``sample_rate`` /
+    ``hop_length`` / ``fmin`` (not stored in the weights) default to the family's official values.
+    """
     path = Path(path)
     sd = strip_wrapper_prefixes(read_official_checkpoint(path))
+    family = identify(sd, path)
+    options = {"sample_rate": sample_rate, "hop_length": hop_length, "fmin": fmin}
+    model, cfg = _resolve(family.load)(sd, path, **options)
+    return model.to(device).eval(), cfg
+
+
+@dataclass(frozen=True)
+class OfficialFamily:
+    """A ClearerVoice network family: how to recognise its checkpoints and turn one into our model."""
+
+    name: str  # their model name, e.g. "MossFormer2_SE_48K"
+    architecture: str  # ours (steadyvoice.models.ARCHITECTURES)
+    matches: str  # "module:function": (state_dict) -> bool
+    load: str  # "module:function": (state_dict, path, *, sample_rate, hop_length, fmin) -> (model, cfg)
+
+
+# Tried in order; each module holds that family's key mapping and config inference.
+FAMILIES: list[OfficialFamily] = [
+    OfficialFamily("MossFormer2_SE_48K", "mossformer2-se", "steadyvoice.models.clearervoice:is_mossformer2_se",
+                   "steadyvoice.models.clearervoice:load_mossformer2_se"),
+]
+
+
+def identify(sd: dict[str, torch.Tensor], path: Path) -> OfficialFamily:
+    """The family whose checkpoints look like ``sd``; a CheckpointError naming what was found otherwise."""
+    for family in FAMILIES:
+        if _resolve(family.matches)(sd):
+            return family
+    prefixes = sorted({k.split(".", 1)[0] for k in sd})
+    raise CheckpointError(
+        f"{path}: not a network SteadyVoice knows: {len(sd)} tensors under {', '.join(prefixes[:6])}"
+        f"{' ...' if len(prefixes) > 6 else ''} (first key '{next(iter(sd), '')}'); known ClearerVoice networks: "
+        f"{', '.join(f.name for f in FAMILIES)}")
+
+
+def _resolve(target: str) -> Callable:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def is_mossformer2_se(sd: dict[str, torch.Tensor]) -> bool:
+    """MossFormer2_SE_48K: every key under ``mossformer.`` (their TestNet wrapper around the mask net)."""
+    return bool(sd) and all(k.startswith("mossformer.") for k in sd)
+
+
+def load_mossformer2_se(sd: dict[str, torch.Tensor], path: Path, *, sample_rate: int | None, hop_length: int | None,
+                        fmin: float) -> tuple[MossFormer2SE, MossFormer2SEConfig]:
+    from steadyvoice.models import load_state_dict_strict  # the one strict loader
+
     try:
-        cfg = infer_config(sd, sample_rate=sample_rate, hop_length=hop_length, fmin=fmin)
+        cfg = infer_config(sd, sample_rate=sample_rate or 48000, hop_length=hop_length, fmin=fmin)
         mapped = _map_official(sd)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
@@ -483,5 +537,4 @@ def load_official(path: str | Path, *, sample_rate: int = 48000, hop_length: int
     ours = {k: value for k, (_, value) in mapped.items()}
     load_state_dict_strict(model, ours, where=str(path), error=CheckpointError,
                            describe=lambda k: f"'{mapped[k][0]}' (ours '{k}')" if k in mapped else f"'{k}'")
-    return model.to(device).eval(), cfg
-
+    return model, cfg
