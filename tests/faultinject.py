@@ -68,8 +68,8 @@ def overrides(data: tuple[Path, Path], max_steps: int, extra: list[str] = ()) ->
     return [f"data.clean=[{clean}]", f"data.noise=[{noise}]", *BASE_OVERRIDES, f"train.max_steps={max_steps}", *extra]
 
 
-def train_command(run_dir: Path, sets: list[str], *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "steadyvoice", "train", "--config", str(RECIPE), "--run-dir", str(run_dir)]
+def train_command(run_dir: Path, sets: list[str], *extra: str, recipe: Path = RECIPE) -> list[str]:
+    cmd = [sys.executable, "-m", "steadyvoice", "train", "--config", str(recipe), "--run-dir", str(run_dir)]
     for item in sets:
         cmd += ["--set", item]
     return cmd + list(extra)
@@ -83,19 +83,17 @@ class InProcessRun:
 
 
 def train_inprocess(run_dir: Path, sets: list[str], *, data=None, resume_from: Path | None = None,
-                    dist=None) -> InProcessRun:
+                    dist=None, recipe: Path = RECIPE) -> InProcessRun:
     """Run the trainer in this process exactly as `steadyvoice train` does (minus argument parsing)."""
     from steadyvoice.checkpoint import Checkpointer
-    from steadyvoice.data import build_training_data
     from steadyvoice.train.config import load_train_config
-    from steadyvoice.train.loop import Trainer
+    from steadyvoice.train.loop import Trainer, training_data
     from steadyvoice.train.rundir import prepare_run_dir
 
-    cfg = load_train_config(RECIPE, sets)
+    cfg = load_train_config(recipe, sets)
     prepare_run_dir(run_dir, cfg, restart=False)
     if data is None:
-        data = build_training_data(cfg.data, sample_rate=cfg.model.resolve().sample_rate, seed=cfg.train.seed,
-                                   valid_batch_size=cfg.train.valid_batch_size or cfg.train.batch_size)
+        data = training_data(cfg)
     trainer = Trainer(cfg, data, dist, run_dir=run_dir)
     checkpointer = Checkpointer(run_dir, cfg.checkpoint, dist, resume_from=resume_from)
     return InProcessRun(trainer.fit(checkpointer), trainer, checkpointer)

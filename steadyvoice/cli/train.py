@@ -74,14 +74,16 @@ def overrides_from_args(args) -> list[str]:
 
 def run(args) -> int:
     # Heavy imports here, not at module level: `steadyvoice --help` must stay fast.
-    from steadyvoice.data import build_training_data
     from steadyvoice.distributed import init_distributed, shutdown_distributed
     from steadyvoice.train.config import load_train_config
-    from steadyvoice.train.loop import Trainer
+    from steadyvoice.train.loop import Trainer, training_data
     from steadyvoice.train.rundir import RunDirLock, check_run_config, write_run_config
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     cfg = load_train_config(args.config, overrides_from_args(args))
+    from steadyvoice.train.objectives import objective_for
+
+    objective_for(cfg.model.resolve(), cfg.loss)  # a loss of another model family is an error now, before any write
     if args.init_from is not None and args.resume_from is not None:
         raise SteadyVoiceError("--init-from starts a new run from weights; it cannot be combined with --resume-from")
     try:
@@ -99,9 +101,7 @@ def run(args) -> int:
         # file (rank 0 scans them once and shares the lists); only then config.yaml.
         try:
             dist.run_on_main(lambda: check_run_config(run_dir, cfg, restart=args.restart))
-            data = dist.run_on_main(lambda: build_training_data(
-                cfg.data, sample_rate=cfg.model.resolve().sample_rate, seed=cfg.train.seed,
-                valid_batch_size=cfg.train.valid_batch_size or cfg.train.batch_size))
+            data = dist.run_on_main(lambda: training_data(cfg))
         except SteadyVoiceError:
             if held and new_dir:
                 _remove_if_only_lock(run_dir, held)

@@ -25,6 +25,11 @@ class DataConfig:
     gain_db: tuple[float, float] = (-10.0, 10.0)  # ... then mixture and target get a random gain in this range
     max_peak: float = 0.99  # clipping protection: mixture and target scaled down together above this peak
 
+    # Separation (models whose task is separation): talkers of different speakers, mixed on the fly from
+    # data.clean; noise (data.noise, optional) at snr_db against their sum.
+    level_diff_db: tuple[float, float] = (-5.0, 5.0)  # level of talker 2 (and 3, ...) relative to talker 1
+    speaker_from: Literal["auto", "manifest", "parent", "grandparent"] = "auto"  # see steadyvoice.data.speakers
+
     reverb_prob: float = 0.0  # probability of simulating a room (pyroomacoustics) for an example
     reverb_rt60: tuple[float, float] = (0.2, 0.8)
     reverb_room_min: tuple[float, float, float] = (3.0, 3.0, 2.5)
@@ -48,7 +53,7 @@ class DataConfig:
             raise ValueError(f"data.crop_seconds={self.crop_seconds}: must be positive")
         if self.valid_seconds < 0:
             raise ValueError(f"data.valid_seconds={self.valid_seconds}: must be 0 (= crop) or positive")
-        for name in ("snr_db", "gain_db", "reverb_rt60"):
+        for name in ("snr_db", "gain_db", "reverb_rt60", "level_diff_db"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"data.{name}={[lo, hi]}: the low end is above the high end")

@@ -5,8 +5,10 @@ ShardedBatchSampler` yields), never by hidden per-worker state, so the same key 
 in the main process or any DataLoader worker, with any number of workers or training processes.
 
 An example is a dict: ``noisy``/``clean`` float32 (N,) at the model rate plus its mixing facts (SNR,
-gain, files, offsets, reverberation) so that losses can be broken down by SNR. :func:`collate` stacks
-them into a batch: ``noisy``/``clean`` (B, N) tensors, numeric facts as (B,) tensors, the rest as lists.
+gain, files, offsets, reverberation) so that losses can be broken down by SNR. For separation
+(:class:`SeparationDataset`) ``noisy`` is the mixture (N,) and ``clean`` the talkers (S, N). :func:`collate`
+stacks them into a batch: ``noisy`` (B, N) and ``clean`` (B, N) or (B, S, N) tensors, numeric facts as
+(B,) tensors, the rest as lists.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from steadyvoice.errors import AudioError, DataError
 log = logging.getLogger("steadyvoice")
 
 # Facts carried next to the signals; numeric ones become (B,) tensors in a batch.
-NUMERIC_FACTS = ("epoch", "index", "snr_db", "gain_db", "clip_scale", "reverb", "rt60", "clean_offset", "noise_offset")
+NUMERIC_FACTS = ("epoch", "index", "snr_db", "gain_db", "clip_scale", "reverb", "rt60", "clean_offset", "noise_offset",
+                 "level_diff_db")
 TEXT_FACTS = ("clean_file", "noise_file")
 
 
@@ -134,7 +137,7 @@ class MixingDataset(ExampleDataset):
             "epoch": epoch, "index": index, "snr_db": snr, "gain_db": gain, "clip_scale": clip_scale,
             "reverb": use_reverb, "rt60": rt60,
             "clean_file": clean_file.path, "clean_offset": clean_offset,
-            "noise_file": noise_file.path, "noise_offset": noise_offset, "skipped": skipped,
+            "noise_file": noise_file.path, "noise_offset": noise_offset, "skipped": skipped, "level_diff_db": 0.0,
         }
 
     def _draw_audible(self, first: AudioFile, files: list[AudioFile], read, n: int, rng: np.random.Generator,
@@ -162,6 +165,93 @@ class MixingDataset(ExampleDataset):
             return self._crop(f, n, rng)
         x = audio.resample(self._read(f, 0, f.frames), f.sample_rate, self.sample_rate)
         return loop_to_length(x, n, rng)
+
+
+class SeparationDataset(MixingDataset):
+    """Talkers mixed on the fly for separation; example (epoch, index) starts from clean file ``index % len``.
+
+    Talker 1 is that file; talker k > 1 is a file of another speaker (no speaker twice in a mixture, see
+    :mod:`steadyvoice.data.speakers`), at ``level_diff_db`` (drawn) relative to talker 1. Each talker's
+    speech is first normalised to ``speech_level_db``; with ``reverb_prob`` every talker gets its own room
+    (the target keeps its direct path and early reflections, as for enhancement); with noise files, noise
+    at ``snr_db`` against the talkers' sum. ``clean`` is (S, N), in talker order (the loss is
+    permutation-invariant).
+    """
+
+    def __init__(self, clean: list[AudioFile], speakers: list[str], noise: list[AudioFile], cfg: DataConfig, *,
+                 sample_rate: int, seed: int, crop_seconds: float, length: int, num_speakers: int):
+        ExampleDataset.__init__(self, sample_rate, round(crop_seconds * sample_rate), seed, length, cfg.max_retries)
+        self.clean, self.noise, self.cfg, self.num_speakers = clean, noise, cfg, num_speakers
+        self.room = RoomConfig(rt60=tuple(cfg.reverb_rt60), room_min=tuple(cfg.reverb_room_min),
+                               room_max=tuple(cfg.reverb_room_max), max_order=cfg.reverb_max_order,
+                               early_ms=cfg.reverb_early_ms)
+        self.speaker = speakers  # per clean file
+        self.by_speaker: dict[str, list[AudioFile]] = {}
+        for f, who in zip(clean, speakers):
+            self.by_speaker.setdefault(who, []).append(f)
+        self.speaker_names = sorted(self.by_speaker)
+        if len(self.speaker_names) < num_speakers:
+            raise DataError(f"separation of {num_speakers} talkers needs clean speech of at least {num_speakers} "
+                            f"different speakers; the files give {len(self.speaker_names)} "
+                            f"({', '.join(self.speaker_names[:5])}); see data.speaker_from")
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        rng = example_rng(self.seed, epoch, index)
+        cfg, n = self.cfg, self.crop_samples
+        # The draws that define the example come first, in a fixed order.
+        levels = [0.0] + [float(rng.uniform(*cfg.level_diff_db)) for _ in range(self.num_speakers - 1)]
+        snr = float(rng.uniform(*cfg.snr_db))
+        gain = float(rng.uniform(*cfg.gain_db))
+        use_reverb = bool(rng.random() < cfg.reverb_prob)
+        skipped: list[str] = []
+        problems: list[str] = []
+
+        first = self.clean[index % len(self.clean)]
+        chosen = [self.speaker[index % len(self.clean)]]
+        sources, files, offsets = [], [], []
+        for k in range(self.num_speakers):
+            if k == 0:
+                f, pool = first, self.by_speaker[chosen[0]]
+            else:
+                others = [s for s in self.speaker_names if s not in chosen]
+                chosen.append(others[int(rng.integers(len(others)))])
+                pool = self.by_speaker[chosen[-1]]
+                f = pool[int(rng.integers(len(pool)))]
+            x, f, offset = self._draw_audible(f, pool, self._crop, n, rng, key, skipped, problems)
+            x = x * np.float32(10.0 ** ((cfg.speech_level_db + levels[k]) / 20.0) / math.sqrt(power(x)))
+            sources.append(x)
+            files.append(f.path)
+            offsets.append(offset)
+
+        speech, targets, rt60 = [], [], 0.0
+        for x in sources:
+            if use_reverb:
+                rir, room_facts = simulate_rir(rng, self.sample_rate, self.room)
+                full, early = split_rir(rir, self.sample_rate, self.room.early_ms)
+                wet, target = reverberate(x, full, early)
+                rt60 = max(rt60, room_facts["rt60"])
+            else:
+                wet, target = x, x
+            speech.append(wet)
+            targets.append(target)
+        mixture = np.sum(speech, axis=0)
+        noise_file, noise_offset = "", 0
+        if self.noise:
+            noise, nf, noise_offset = self._draw_audible(
+                self.noise[int(rng.integers(len(self.noise)))], self.noise, self._noise, n, rng, key, skipped, problems)
+            mixture = mixture + scale_noise_to_snr(mixture, noise, snr)
+            noise_file = nf.path
+        else:
+            snr = math.inf  # no noise
+        mixture, target, clip_scale = apply_gain(mixture, np.stack(targets), gain, cfg.max_peak)
+        return {
+            "noisy": mixture.astype(np.float32), "clean": target.astype(np.float32),  # (N,), (S, N)
+            "epoch": epoch, "index": index, "snr_db": snr, "gain_db": gain, "clip_scale": clip_scale,
+            "reverb": use_reverb, "rt60": rt60, "level_diff_db": levels[1] if len(levels) > 1 else 0.0,
+            "clean_file": "|".join(files), "clean_offset": offsets[0],
+            "noise_file": noise_file, "noise_offset": noise_offset, "skipped": skipped,
+        }
 
 
 class PairDataset(ExampleDataset):
@@ -200,7 +290,7 @@ class PairDataset(ExampleDataset):
                 "snr_db": snr_db(clean, noisy - clean), "gain_db": 0.0, "clip_scale": 1.0,
                 "reverb": False, "rt60": 0.0,
                 "clean_file": pair.clean.path, "clean_offset": offset,
-                "noise_file": pair.noisy.path, "noise_offset": offset, "skipped": skipped,
+                "noise_file": pair.noisy.path, "noise_offset": offset, "skipped": skipped, "level_diff_db": 0.0,
             }
         raise self._give_up(key, problems)
 

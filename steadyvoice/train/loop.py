@@ -38,14 +38,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from steadyvoice.checkpoint.parts import ModelState, OptimizerState, Parts, RNGState
-from steadyvoice.data import DataPosition, ShardedBatchSampler, TrainingData, collate, usable_examples
+from steadyvoice.data import DataPosition, ShardedBatchSampler, TrainingData, build_training_data, collate, usable_examples
 from steadyvoice.errors import ConfigError, DataError
-from steadyvoice.features import cropped_length, one_pass, stft
-from steadyvoice.models import build_model, count_parameters
+from steadyvoice.models import architecture_of, build_model, count_parameters
 from steadyvoice.train.config import TrainConfig
 from steadyvoice.distributed import DistContext, die_with_parent, wrap_model
 from steadyvoice.train.logging import RunLogger
-from steadyvoice.train.losses import neg_si_snr, psm_mse, si_sdr
+from steadyvoice.train.losses import si_sdr
+from steadyvoice.train.objectives import objective_for
 from steadyvoice.train.schedule import EarlyStopping, LRSchedule
 
 log = logging.getLogger("steadyvoice")
@@ -114,6 +114,14 @@ class ScalerState:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler.is_enabled() and state:
             self.scaler.load_state_dict(state)
+
+
+def training_data(cfg: TrainConfig) -> TrainingData:
+    """Scan and build the run's data for its model: mixtures of noise (enhancement) or of talkers (separation)."""
+    model_cfg = cfg.model.resolve()
+    return build_training_data(cfg.data, sample_rate=model_cfg.sample_rate, seed=cfg.train.seed,
+                               valid_batch_size=cfg.train.valid_batch_size or cfg.train.batch_size,
+                               task=architecture_of(model_cfg).task, num_speakers=getattr(model_cfg, "num_spks", 2))
 
 
 def seed_everything(seed: int) -> None:
@@ -208,6 +216,8 @@ class Trainer:
         torch.backends.cudnn.benchmark = False
 
         self.model_config = cfg.model.resolve()
+        self.objective = objective_for(self.model_config, cfg.loss)  # what this architecture minimises
+        self.task = architecture_of(self.model_config).task  # "enhancement" or "separation"
         self.model = build_model(self.model_config).to(self.device)  # the bare model (what state_dict saves)
         self.net = wrap_model(self.model, self.dist)  # what forward/backward run through (DDP when W > 1)
         self.optimizer = self._build_optimizer()
@@ -492,41 +502,25 @@ class Trainer:
         return float(totals[0]) / self.step_examples, grad_norm
 
     def _losses(self, net: torch.nn.Module, noisy: torch.Tensor, clean: torch.Tensor, want_wave: bool = False) -> dict:
-        """Per-example loss (B,) of a batch, plus the enhanced waveform when asked (validation).
-
-        The batch is cut to the frame-aligned length n = cropped_length(N) (the frames cover every kept
-        sample); the model runs in features.one_pass, as at inference, with autocast around the network only.
-        """
-        mcfg, lcfg = self.model_config, self.config.loss
-        n = cropped_length(noisy.shape[-1], mcfg)
-        noisy, clean = noisy[:, :n], clean[:, :n]  # (B, n)
+        """Per-example loss (B,) of a batch, plus the enhanced waveform when asked (validation): the
+        architecture's objective (steadyvoice.train.objectives), with autocast around the network only."""
         autocast = self.config.train.autocast
         net_autocast = torch.autocast(self.device.type, dtype=torch.bfloat16 if autocast == "bf16" else torch.float16,
                                       enabled=autocast != "none")
-        reconstruct = bool(lcfg.si_snr_weight or want_wave)
-        mask, noisy_spec, enhanced = one_pass(net, noisy, mcfg, autocast=net_autocast, reconstruct=reconstruct)
-        loss = torch.zeros(noisy.shape[0], device=noisy.device)
-        if lcfg.psm_weight:
-            loss = loss + lcfg.psm_weight * psm_mse(mask, noisy_spec, stft(clean, mcfg), lcfg.psm_ratio)
-        out = {}
-        if reconstruct:  # enhanced: (B, n)
-            if lcfg.si_snr_weight:
-                loss = loss + lcfg.si_snr_weight * neg_si_snr(enhanced, clean)
-            out["enhanced"], out["clean"] = enhanced, clean
-        out["loss"] = loss
-        return out
+        return self.objective(net, noisy, clean, autocast=net_autocast, want_wave=want_wave)
 
     # ------------------------------------------------------------------ validation
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Loss and SI-SDR over the validation set, sharded over ranks; identical for any world size.
+        """Loss and SI-SDR (separation: permutation-resolved, and its improvement over the mixture) over
+        the validation set, sharded over ranks; identical for any world size.
 
-        Each rank fills its examples' slots of a (3, V) table (loss, SI-SDR, SNR); an all_reduce sum adds
-        exact zeros elsewhere, and the mean is then taken in index order on every rank.
+        Each rank fills its examples' slots of a (4, V) table (loss, SI-SDR, SNR, SI-SDRi); an all_reduce sum
+        adds exact zeros elsewhere, and the mean is then taken in index order on every rank.
         """
         valid = self.data.valid
-        table = torch.zeros(3, valid.count, dtype=torch.float64)
+        table = torch.zeros(4, valid.count, dtype=torch.float64)
         self.model.eval()
         try:
             for batch in valid.batches(self.dist.rank, self.dist.world_size):
@@ -534,13 +528,18 @@ class Trainer:
                                    want_wave=True)
                 idx = batch["index"].long()
                 table[0, idx] = out["loss"].double().cpu()
-                table[1, idx] = si_sdr(out["enhanced"], out["clean"]).double().cpu()
+                score = out["si_sdr"] if "si_sdr" in out else si_sdr(out["enhanced"], out["clean"])
+                table[1, idx] = score.double().cpu()
                 table[2, idx] = batch["snr_db"]
+                if "si_sdri" in out:
+                    table[3, idx] = out["si_sdri"].double().cpu()
         finally:
             self.model.train()
         table = self.dist.all_reduce_sum(table).numpy()
         record = {"step": self.progress.step, "epoch": self.position.epoch,
                   "valid_loss": float(table[0].sum() / valid.count), "valid_si_sdr": float(table[1].sum() / valid.count)}
+        if self.task == "separation":
+            record["valid_si_sdri"] = float(table[3].sum() / valid.count)
         record["by_snr"] = _by_snr(table, self.config.data.snr_buckets)
         return record
 
@@ -573,4 +572,4 @@ def _by_snr(table: np.ndarray, edges: list[float]) -> dict:
     return out
 
 
-__all__ = ["Checkpointer", "DataState", "Progress", "ScalerState", "Trainer", "seed_everything"]
+__all__ = ["Checkpointer", "DataState", "Progress", "ScalerState", "Trainer", "seed_everything", "training_data"]

@@ -7,9 +7,13 @@
   (t, f) of w * (mask - M)^2, divided by the number of frames (their division by B*T is our batch mean).
 - :func:`neg_si_snr`: minus the scale-invariant SNR (dB) of a waveform against its reference.
 - :func:`si_sdr`: the same quantity as a metric (higher is better), used for validation.
+- :func:`pit_si_sdr`: separation: the SI-SDR of every estimate against every talker, and the talker order
+  (permutation) that maximises the mean, per example (utterance-level PIT; S! orders, S is 2 or 3).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 
@@ -53,3 +57,19 @@ def si_sdr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 def neg_si_snr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Loss form of SI-SNR (lower is better) -> (B,)."""
     return -si_sdr(estimate, reference)
+
+
+def pit_si_sdr(estimate: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """estimate, reference (B, S, N) -> (mean SI-SDR over talkers under the best order (B,), that order (B, S)).
+
+    ``order[b, s]`` is the estimate that matches talker s. Ties go to the first order in
+    itertools.permutations order (deterministic).
+    """
+    B, S, N = estimate.shape
+    pair = si_sdr(estimate[:, :, None, :].expand(B, S, S, N).reshape(-1, N),
+                  reference[:, None, :, :].expand(B, S, S, N).reshape(-1, N)).view(B, S, S)  # [b, est, talker]
+    orders = torch.tensor(list(itertools.permutations(range(S))), device=estimate.device)  # (P, S)
+    talkers = torch.arange(S, device=estimate.device)
+    scores = pair[:, orders, talkers].mean(-1)  # (B, P): order p gives talker s the estimate orders[p, s]
+    best = scores.argmax(dim=1)
+    return scores.gather(1, best[:, None])[:, 0], orders[best]
