@@ -63,6 +63,24 @@ def make_data(root: Path, n_clean: int = 8, n_noise: int = 3, sample_rate: int =
     return clean, noise
 
 
+def make_talkers(root: Path, speakers: tuple[str, ...] = ("ann", "bob", "cy", "dee"), per_speaker: int = 2,
+                 sample_rate: int = 16000) -> tuple[Path, Path]:
+    """Separation data: ``speech/<speaker>/*.wav`` (a harmonic tone per file, pitch by speaker) and noise."""
+    import numpy as np
+    import soundfile as sf
+
+    speech = root / "speech"
+    t = np.arange(sample_rate) / sample_rate
+    for s, who in enumerate(speakers):
+        (speech / who).mkdir(parents=True, exist_ok=True)
+        for i in range(per_speaker):
+            f0 = 110.0 + 45.0 * s + 9.0 * i
+            x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 5)) * (0.6 + 0.4 * np.sin(2 * np.pi * (3 + s) * t))
+            sf.write(speech / who / f"{who}{i}.wav", (0.1 * x).astype(np.float32), sample_rate)
+    _, noise = make_data(root / "noise-only", n_clean=0)
+    return speech, noise
+
+
 def overrides(data: tuple[Path, Path], max_steps: int, extra: list[str] = ()) -> list[str]:
     clean, noise = data
     return [f"data.clean=[{clean}]", f"data.noise=[{noise}]", *BASE_OVERRIDES, f"train.max_steps={max_steps}", *extra]
@@ -289,11 +307,12 @@ def reference_run(workdir: Path, data, max_steps: int) -> Path:
     return ref
 
 
-def trial(index: int, workdir: Path, data, reference: Path, *, max_steps: int, kills: int, rng: random.Random) -> TrialResult:
+def trial(index: int, workdir: Path, data, reference: Path, *, max_steps: int, kills: int, rng: random.Random,
+          recipe: Path = RECIPE, extra: list[str] = ()) -> TrialResult:
     run_dir = workdir / f"trial-{index:03d}"
     shutil.rmtree(run_dir, ignore_errors=True)
     result = TrialResult(index)
-    cmd = train_command(run_dir, overrides(data, max_steps))
+    cmd = train_command(run_dir, overrides(data, max_steps, list(extra)), recipe=recipe)
     done_step = 0
     while True:
         env = {**os.environ, WRITE_DELAY_ENV: f"{rng.uniform(0.0, 0.12):.3f}"}

@@ -217,7 +217,7 @@ class Checkpointer:
                 state = self.dist.all_gather_object(state)  # every rank's generators
             states[name] = (kind, state)
         if self.dist.is_distributed:
-            self._check_replicas(states, step)
+            self._check_replicas(parts, step)
         if not self.dist.is_main:
             return
         metrics = {str(k): float(v) if isinstance(v, (int, float, torch.Tensor)) or hasattr(v, "dtype") else v
@@ -235,8 +235,10 @@ class Checkpointer:
         for deleted in self.store.retain(self.cfg.keep_last, self.cfg.keep_best, self.cfg.keep_every):
             log.info("retention: deleted %s", deleted)
 
-    def _check_replicas(self, states: dict[str, tuple[str, Any]], step: int) -> None:
-        digest = param_digest({name: state for name, (kind, state) in states.items() if kind == "model"})
+    def _check_replicas(self, parts: Parts, step: int) -> None:
+        # Parameters only: buffers such as BatchNorm statistics are per rank between DDP's broadcasts.
+        digest = param_digest({name: dict(part.module.named_parameters()) for name, part in parts.items()
+                               if isinstance(part, ModelState)})
         digests = self.dist.all_gather_object(digest)
         if len(set(digests)) > 1:
             differ = [r for r, d in enumerate(digests) if d != digests[0]]
@@ -332,7 +334,7 @@ def _load_expected(path: Path, digest: str) -> Content:
 
 
 def param_digest(models: dict[str, dict[str, torch.Tensor]]) -> str:
-    """SHA-256 over the bytes of every model part's tensors (the replica-consistency check under DDP)."""
+    """SHA-256 over the bytes of every model part's parameters (the replica-consistency check under DDP)."""
     h = hashlib.sha256()
     for part, sd in models.items():
         for name, t in sd.items():

@@ -21,6 +21,7 @@ from steadyvoice.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAG
 # pay for importing the training stack (and a broken optional dependency only breaks its own command).
 SUBCOMMANDS = {
     "enhance": "enhance",
+    "separate": "separate",
     "convert": "convert",
     "train": "train",
     "ckpt": "ckpt",

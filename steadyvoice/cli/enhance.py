@@ -274,10 +274,10 @@ def _error(problem) -> None:
     tqdm.write(f"error: {problem}", file=sys.stderr)
 
 
-def _summary(done: int, skipped: int, failed: int) -> None:
+def _summary(done: int, skipped: int, failed: int, verb: str = "enhanced") -> None:
     from tqdm import tqdm
 
-    parts = [f"{done} enhanced"]
+    parts = [f"{done} {verb}"]
     if skipped:
         parts.append(f"{skipped} skipped (output exists; --overwrite to redo)")
     parts.append(f"{failed} failed")

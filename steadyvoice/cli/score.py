@@ -1,5 +1,5 @@
 """``steadyvoice score --reference DIR --estimate DIR [--noisy DIR] [--metrics M ...] [--csv F] [--json F]
-[--plot F.png] [--jobs N]``
+[--plot F.png] [--jobs N]``; ``steadyvoice score --separation --reference DIR --estimate DIR [--mixture DIR] ...``
 
 Scores every estimate against the reference file of the same relative path (the extension may
 differ: ref/a/b.flac matches est/a/b.wav). Metrics: pesq_wb (16 kHz), pesq_nb (8 kHz), stoi, estoi,
@@ -13,6 +13,22 @@ A different sample rate is resampled to the reference's (with a note); a length 
 missing counterpart, a silent reference and an unreadable file: each gets one 'error:' line naming the
 file and the rest goes on. Exit code 0 if every file was scored, 1 if some failed, 2 on usage errors
 (missing or empty directory, unknown metric).
+
+Separation (--separation): files are grouped by mixture. For a mixture MIX/sub/m.wav, the estimate
+directory holds one file per talker, sub/m_s1.wav, sub/m_s2.wav, ... (as steadyvoice separate writes
+them), and the reference directory the true talkers under the same names; the talker numbering of
+the estimates may differ from the references'. The talker order that maximises the mean SI-SDR over
+talkers is chosen (all S! orders), and every metric is computed per talker in that order; a mixture
+scores the mean over its talkers. --mixture DIR (another name for --noisy) scores the unprocessed
+mixture against every talker too, for the improvement; SI-SDRi is the estimate's SI-SDR minus the
+mixture's against the same talker. si_sdr is always computed; --metrics adds others (pesq_wb, stoi,
+...). The CSV has one line per mixture: order (the estimate matched to reference talker s1, s2, ...;
+"s2 s1" means swapped), the means over talkers, mixture_* and si_sdri with --mixture, then s1_*,
+s2_*, ... per reference talker. The JSON summary holds mean, std and count over mixtures (estimate,
+mixture, improvement, si_sdri) and over all talkers (per_talker). A missing talker file, a different
+number of talker files in the two directories, a file not named <mixture>_s<N>, a missing mixture, a
+length difference beyond the tolerance, a silent or unreadable file fails that mixture with one
+'error:' line naming the file; the rest goes on. Exit codes as above.
 """
 
 from __future__ import annotations
@@ -27,20 +43,29 @@ from steadyvoice.cli import EXIT_FAILED, EXIT_OK
 from steadyvoice.errors import ConfigError
 from steadyvoice.eval.metrics import METRICS, parse_metrics
 from steadyvoice.eval.score import DEFAULT_LENGTH_TOLERANCE, format_table, score_directories, write_csv, write_json
+from steadyvoice.eval.separation import format_separation_table, score_separation, write_separation_csv
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "score",
-        help="score enhanced files against references (PESQ, STOI, SI-SDR, DNSMOS, ...)",
+        help="score enhanced or separated files against references (PESQ, STOI, SI-SDR, DNSMOS, ...)",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--reference", required=True, type=Path, metavar="DIR", help="clean reference files")
-    p.add_argument("--estimate", required=True, type=Path, metavar="DIR", help="files to judge (enhanced)")
-    p.add_argument("--noisy", type=Path, metavar="DIR", help="noisy inputs, to report the improvement")
-    p.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="M",
-                   help=f"metrics, space- or comma-separated (default: all): {', '.join(METRICS)}")
+    p.add_argument("--separation", action="store_true",
+                   help="score separated talkers: files grouped by mixture (<mixture>_s1, _s2, ...), "
+                        "permutation-resolved SI-SDR and SI-SDRi")
+    p.add_argument("--reference", required=True, type=Path, metavar="DIR",
+                   help="clean reference files (with --separation: the true talkers)")
+    p.add_argument("--estimate", required=True, type=Path, metavar="DIR",
+                   help="files to judge (enhanced, or separated talkers)")
+    p.add_argument("--noisy", "--mixture", dest="noisy", type=Path, metavar="DIR",
+                   help="the unprocessed inputs (noisy files, or mixtures with --separation), to report "
+                        "the improvement")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="M",
+                   help=f"metrics, space- or comma-separated (default: all; with --separation: si_sdr): "
+                        f"{', '.join(METRICS)}")
     p.add_argument("--csv", type=Path, metavar="F", help="write per-file scores to this CSV file")
     p.add_argument("--json", type=Path, metavar="F", help="write the summary (mean, std, count) to this JSON file")
     p.add_argument("--plot", type=Path, metavar="F.png", help="write a PNG plot of the per-file scores")
@@ -54,7 +79,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    metrics = parse_metrics(args.metrics)
+    if args.separation:
+        return _run_separation(args)
+    metrics = parse_metrics(args.metrics or list(METRICS))
     _check_outputs(args)
     progress = tqdm(unit=" files", file=sys.stderr, disable=None, leave=False)  # only on a terminal
 
@@ -81,6 +108,42 @@ def run(args) -> int:
         from steadyvoice.eval.plot import plot_scores
 
         plot_scores(args.plot, result.rows, result.columns, has_noisy=result.has_noisy)
+        print(f"wrote {args.plot}")
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _run_separation(args) -> int:
+    metrics = parse_metrics(["si_sdr", *(args.metrics or [])])
+    _check_outputs(args)
+    progress = tqdm(unit=" mixtures", file=sys.stderr, disable=None, leave=False)  # only on a terminal
+
+    def on_row(row: dict) -> None:
+        for note in row["notes"]:
+            progress.write(f"note: {row['file']}: {note}", file=sys.stderr)
+        if row["status"] != "ok":
+            progress.write(f"error: {row['error']}", file=sys.stderr)
+        progress.update(1)
+
+    with progress:
+        result = score_separation(
+            args.reference, args.estimate, args.noisy, metrics, jobs=args.jobs,
+            length_tolerance=args.length_tolerance, personalized_dnsmos=args.personalized_dnsmos, on_row=on_row,
+        )
+    print(format_separation_table(result.summary))
+    if args.csv:
+        write_separation_csv(args.csv, result)
+        print(f"wrote {args.csv}")
+    if args.json:
+        write_json(args.json, result.summary)
+        print(f"wrote {args.json}")
+    if args.plot:
+        from steadyvoice.eval.plot import plot_scores
+
+        # One point per mixture (the mean over its talkers); the mixture plays the noisy input's part.
+        rows = [{"status": row["status"], "estimate": row["estimate"], "noisy": row.get("mixture")}
+                for row in result.rows]
+        plot_scores(args.plot, rows, result.columns, has_noisy=result.has_mixture, noisy_label="mixture",
+                    title=f"per-mixture scores ({len(result.rows) - len(result.failed)} mixtures)")
         print(f"wrote {args.plot}")
     return EXIT_FAILED if result.failed else EXIT_OK
 

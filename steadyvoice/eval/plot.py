@@ -20,8 +20,11 @@ _COLORS = {"noisy": "#9e9e9e", "estimate": "#1f77b4"}
 
 
 def plot_scores(path: str | Path, rows: list[dict], columns: list[str], *, has_noisy: bool,
-                title: str | None = None) -> None:
-    """Write a PNG with one panel per column: per-file points and a box per signal kind."""
+                title: str | None = None, noisy_label: str = "noisy") -> None:
+    """Write a PNG with one panel per column: per-file points and a box per signal kind.
+
+    ``noisy_label`` names the unprocessed input on the x axis ("mixture" for separation).
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -53,7 +56,7 @@ def plot_scores(path: str | Path, rows: list[dict], columns: list[str], *, has_n
                     ax.plot([x0, x1], [y0, y1], color="#bbbbbb", linewidth=0.6, zorder=2)
         else:
             ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xticks(positions, kinds)
+        ax.set_xticks(positions, [noisy_label if kind == "noisy" else kind for kind in kinds])
         ax.set_xlim(0.4, len(kinds) + 0.6)
         ax.set_title(column)
         ax.grid(axis="y", alpha=0.3)

@@ -189,17 +189,22 @@ def _init_worker(threads: int) -> None:
     _WORKER_THREADS = threads
 
 
-def _run(tasks: list[_Task], jobs: int) -> Iterator[dict]:
-    """Yield one row per task, in task order: in this process, or in ``jobs`` worker processes."""
+def _run(tasks: list, jobs: int, score: Callable[[object], dict] | None = None) -> Iterator[dict]:
+    """Yield one row per task, in task order: in this process, or in ``jobs`` worker processes.
+
+    ``score``: the module-level function turning one task into a row (default :func:`_score_task`;
+    separation scoring passes its own). It must never raise.
+    """
+    score = score or _score_task
     if jobs == 1 or len(tasks) <= 1:
         for task in tasks:
-            yield _score_task(task)
+            yield score(task)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
                                  initargs=(1,)) as pool:
-            yield from pool.map(_score_task, tasks)  # map keeps the order
+            yield from pool.map(score, tasks)  # map keeps the order
     except BrokenProcessPool:
         raise DataError("a scoring worker process died (out of memory or a crash in a metric library); "
                         "rerun with --jobs 1 to see which file causes it") from None

@@ -31,11 +31,20 @@ from torch import nn
 from steadyvoice.config import from_dict, to_dict
 from steadyvoice.errors import ConfigError, ModelError
 from steadyvoice.fileio import atomic_write_path, atomic_write_text, fsync_dir
+from steadyvoice.models.frcrn import FRCRN, FRCRNConfig
 from steadyvoice.models.mossformer2 import MossFormer2SE, MossFormer2SEConfig
+from steadyvoice.models.mossformer2_ss import MossFormer2SS, MossFormer2SSConfig
+from steadyvoice.models.mossformer_gan import MossFormerGANConfig, MossFormerGANGenerator
 
 __all__ = [
     "MossFormer2SEConfig",
     "MossFormer2SE",
+    "FRCRNConfig",
+    "FRCRN",
+    "MossFormer2SSConfig",
+    "MossFormer2SS",
+    "MossFormerGANConfig",
+    "MossFormerGANGenerator",
     "CONFIGS",
     "get_config",
     "build_model",
@@ -75,6 +84,14 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "mossformer2-se": Architecture("mossformer2-se", "enhancement", MossFormer2SEConfig, MossFormer2SE,
                                    "MossFormer2 mask on a log-mel front end (ClearerVoice MossFormer2_SE_48K)"),
+    "frcrn-se": Architecture("frcrn-se", "enhancement", FRCRNConfig, FRCRN,
+                             "two cascaded complex UNets, complex mask on a conv-STFT (ClearerVoice FRCRN_SE_16K)"),
+    "mossformer2-ss": Architecture("mossformer2-ss", "separation", MossFormer2SSConfig, MossFormer2SS,
+                                   "MossFormer2 masks on a learned conv encoder, one output per talker "
+                                   "(ClearerVoice MossFormer2_SS_16K)"),
+    "mossformergan-se": Architecture("mossformergan-se", "enhancement", MossFormerGANConfig, MossFormerGANGenerator,
+                                     "MossFormer time-frequency generator, magnitude mask + complex residual on a "
+                                     "compressed STFT (ClearerVoice MossFormerGAN_SE_16K)"),
 }
 
 
@@ -97,6 +114,19 @@ CONFIGS: dict[str, Any] = {
     # A 16 kHz variant of the same small size (32 ms window, 8 ms hop, 40 mel bins) for quick experiments.
     "mossformer2-se-16k-small": MossFormer2SEConfig(sample_rate=16000, win_length=512, hop_length=128, n_mels=40,
                                                     model_dim=64, num_blocks=2),
+    # ClearerVoice-Studio's FRCRN_SE_16K (13,141,844 trainable parameters; the conv-STFT kernels are computed),
+    # and the reduced width of its parity vectors (channels 32 instead of 128; 0.86 M).
+    "frcrn-se-16k": FRCRNConfig(),
+    "frcrn-se-16k-small": FRCRNConfig(channels=32),
+    # ClearerVoice-Studio's MossFormer2_SS_16K, two talkers (55,735,394 trainable parameters + 16 fixed rotary
+    # frequencies), and the reduced configuration of its parity vectors (dims 64, 2 blocks).
+    "mossformer2-ss-16k": MossFormer2SSConfig(),
+    "mossformer2-ss-16k-small": MossFormer2SSConfig(encoder_dim=64, model_dim=64, num_blocks=2),
+    # ClearerVoice-Studio's MossFormerGAN_SE_16K generator (3,128,447 trainable parameters + 12 x 16 fixed rotary
+    # frequencies), and the reduced width of its parity vectors (16 channels, query_key_dim 32; 0.35 M). Their
+    # training discriminator: steadyvoice.models.mossformer_gan.DISCRIMINATOR_CONFIGS.
+    "mossformergan-se-16k": MossFormerGANConfig(),
+    "mossformergan-se-16k-small": MossFormerGANConfig(channels=16, query_key_dim=32),
 }
 
 

@@ -249,6 +249,8 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("discriminator"), dict):  # a GAN's discriminator file
+        obj = obj["discriminator"]
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: expected a state_dict (or {{'model': state_dict}}), found "
                               f"{type(obj).__name__}{' (empty)' if isinstance(obj, dict) else ''}")
@@ -499,6 +501,14 @@ class OfficialFamily:
 FAMILIES: list[OfficialFamily] = [
     OfficialFamily("MossFormer2_SE_48K", "mossformer2-se", "steadyvoice.models.clearervoice:is_mossformer2_se",
                    "steadyvoice.models.clearervoice:load_mossformer2_se"),
+    OfficialFamily("FRCRN_SE_16K", "frcrn-se", "steadyvoice.models.clearervoice_frcrn:is_frcrn",
+                   "steadyvoice.models.clearervoice_frcrn:load_frcrn"),
+    OfficialFamily("MossFormer2_SS_16K", "mossformer2-ss",
+                   "steadyvoice.models.clearervoice_mossformer2_ss:is_mossformer2_ss",
+                   "steadyvoice.models.clearervoice_mossformer2_ss:load_mossformer2_ss"),
+    OfficialFamily("MossFormerGAN_SE_16K", "mossformergan-se",
+                   "steadyvoice.models.clearervoice_mossformergan:is_mossformergan",
+                   "steadyvoice.models.clearervoice_mossformergan:load_mossformergan"),
 ]
 
 

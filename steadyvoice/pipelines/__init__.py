@@ -1,7 +1,8 @@
 """Each architecture's whole inference path, for one pass over a waveform at the model's sample rate.
 
     enhancement:  fn(model, wave (B, N), cfg) -> enhanced (B, N)
-    separation:   fn(model, wave (B, N), cfg) -> sources (B, S, N)
+    separation:   fn(model, wave (B, N), cfg, *, decode=None, levels="input") -> sources (B, S, N)
+                  (decode: how the network covers a long input, see steadyvoice.separation)
 
 A pipeline does everything between the raw waveform and the network and back (front end, STFT, masks,
 the input normalisation and output rescaling the official decoder applies), so that converting an official
@@ -24,6 +25,9 @@ from steadyvoice.errors import ModelError
 # architecture name -> "module:function"
 PIPELINES: dict[str, str] = {
     "mossformer2-se": "steadyvoice.features:enhance_waveform",
+    "frcrn-se": "steadyvoice.pipelines.frcrn_se:enhance_waveform",
+    "mossformer2-ss": "steadyvoice.pipelines.mossformer2_ss:separate_waveform",
+    "mossformergan-se": "steadyvoice.pipelines.mossformergan_se:enhance_waveform",
 }
 
 

@@ -104,13 +104,55 @@ class ScheduleConfig:
 
 @dataclass
 class LossConfig:
+    """Loss terms and weights. Each model family uses its own keys (steadyvoice.train.objectives); a key of
+    another family set away from its default is an error naming it."""
+
+    # MossFormer2-SE (and FRCRN: si_snr_weight)
     psm_weight: float = 1.0  # official loss: magnitude-weighted phase-sensitive-mask MSE
     psm_ratio: Literal["l2", "l1"] = "l2"  # the official code's default is l2 (|S|^2/|Y|^2 * cos)
     si_snr_weight: float = 0.0  # negative SI-SNR of the resynthesised waveform
+    # FRCRN: complex-mask MSE (real and imaginary parts)
+    mask_weight: float = 0.0
+    # MossFormerGAN-SE generator: compressed-spectrum MSE of real+imag parts, of magnitudes, L1 of the waveform,
+    # and the metric discriminator's (D(clean, estimate) - 1)^2
+    ri_weight: float = 0.0
+    mag_weight: float = 0.0
+    time_weight: float = 0.0
+    adversarial_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.psm_weight < 0 or self.si_snr_weight < 0 or self.psm_weight + self.si_snr_weight == 0:
-            raise ValueError("loss.psm_weight and loss.si_snr_weight must be >= 0 and not both 0")
+        for key in ("psm_weight", "si_snr_weight", "mask_weight", "ri_weight", "mag_weight", "time_weight",
+                    "adversarial_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"loss.{key}={getattr(self, key)}: must not be negative")
+
+
+@dataclass
+class GANConfig:
+    """The metric discriminator of GAN training (MossFormerGAN-SE): it learns to predict normalised PESQ."""
+
+    discriminator: str = "mossformergan-se-16k"  # a named discriminator config (steadyvoice.models.mossformer_gan)
+    overrides: dict[str, Any] = field(default_factory=dict)  # MetricDiscriminatorConfig fields to change
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-5  # theirs: configured 1e-5, but never passed (AdamW's 0.01 applied); we pass it
+    max_grad_norm: float = 10.0
+    pesq_workers: int = 2  # processes computing PESQ targets while the generator trains
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("gan.lr must be positive, gan.weight_decay and gan.max_grad_norm not negative")
+        if self.pesq_workers < 0:
+            raise ValueError(f"gan.pesq_workers={self.pesq_workers}: must be 0 (in the training process) or more")
+
+    def resolve(self):
+        """The MetricDiscriminatorConfig this section describes (ConfigError naming gan.overrides.<key>)."""
+        from steadyvoice.models.mossformer_gan import DISCRIMINATOR_CONFIGS
+
+        if self.discriminator not in DISCRIMINATOR_CONFIGS:
+            raise ConfigError(f"gan.discriminator: unknown {self.discriminator!r}; valid: {', '.join(DISCRIMINATOR_CONFIGS)}")
+        base = DISCRIMINATOR_CONFIGS[self.discriminator]
+        return from_dict(type(base), {**to_dict(base), **self.overrides}, path="gan.overrides")
 
 
 @dataclass
@@ -143,6 +185,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    gan: GANConfig = field(default_factory=GANConfig)  # used by GAN-trained models only
     train: RunConfig = field(default_factory=RunConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 

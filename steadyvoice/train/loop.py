@@ -45,7 +45,8 @@ from steadyvoice.train.config import TrainConfig
 from steadyvoice.distributed import DistContext, die_with_parent, wrap_model
 from steadyvoice.train.logging import RunLogger
 from steadyvoice.train.losses import si_sdr
-from steadyvoice.train.objectives import objective_for
+from steadyvoice.train.gan import MetricGAN
+from steadyvoice.train.objectives import MossFormerGANObjective, objective_for
 from steadyvoice.train.schedule import EarlyStopping, LRSchedule
 
 log = logging.getLogger("steadyvoice")
@@ -73,15 +74,20 @@ class Progress:
     samples: int = 0  # examples trained on, all processes together
     skipped_files: int = 0  # bad files skipped while mixing, all processes together
     nonfinite_steps: int = 0  # optimizer steps skipped because the gradient was NaN/inf
+    pesq_failures: int = 0  # GAN: PESQ targets that could not be computed (silence, too short), all processes
+    d_skipped_steps: int = 0  # GAN: discriminator steps skipped because of them (their rule)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "micro_step": self.micro_step, "samples": self.samples,
-                "skipped_files": self.skipped_files, "nonfinite_steps": self.nonfinite_steps}
+                "skipped_files": self.skipped_files, "nonfinite_steps": self.nonfinite_steps,
+                "pesq_failures": self.pesq_failures, "d_skipped_steps": self.d_skipped_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.micro_step, self.samples = int(state["step"]), int(state["micro_step"]), int(state["samples"])
         self.skipped_files = int(state.get("skipped_files", 0))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.pesq_failures = int(state.get("pesq_failures", 0))
+        self.d_skipped_steps = int(state.get("d_skipped_steps", 0))
 
 
 class DataState:
@@ -241,8 +247,14 @@ class Trainer:
             "schedule": self.schedule,
             "early_stopping": self.early,
             "scaler": ScalerState(self.scaler),
-            "rng": RNGState(self.device),
         }
+        # GAN training (MossFormerGAN-SE): the metric discriminator, its optimizer and schedule are parts too.
+        self.gan = None
+        if isinstance(self.objective, MossFormerGANObjective) and cfg.loss.adversarial_weight > 0:
+            self.gan = MetricGAN(cfg, self.model_config.sample_rate, self.progress, self.dist)
+            self.parts.update(self.gan.parts())
+        self._gan_facts: dict = {}
+        self.parts["rng"] = RNGState(self.device)  # last: nothing after it may draw random numbers
         self._memory_best = _InMemoryBest()
         self._stop = _StopFlag()
 
@@ -327,6 +339,8 @@ class Trainer:
             return self._train(checkpointer, best, logger)
         finally:
             self._stop.uninstall()
+            if self.gan is not None:
+                self.gan.close()  # the PESQ worker pool
             try:
                 if checkpointer is not None:
                     checkpointer.close()  # waits for the save in flight
@@ -377,7 +391,9 @@ class Trainer:
                     "samples": self.progress.samples,
                     "loss": loss, "lr": lrs, "grad_norm": grad_norm,
                     "step_time": (now - t0) / steps, "samples_per_s": (self.progress.samples - n0) / max(now - t0, 1e-9),
-                    "skipped_files": self.progress.skipped_files, "time": time.time()})
+                    "skipped_files": self.progress.skipped_files, "time": time.time(),
+                    **({"d_loss": self._gan_facts.get("d_loss"), "pesq_failures": self.progress.pesq_failures}
+                       if self.gan is not None else {})})
                 last_log = (now, self.progress.step, self.progress.samples)
 
             reason = self._after_step(checkpointer, best, logger, loss, epoch_done)
@@ -473,12 +489,17 @@ class Trainer:
         run = self.config.train
         loss_sum = torch.zeros((), dtype=torch.float64)
         skipped = 0
+        pending = []  # GAN: what the discriminator's step needs from each micro-batch
         for micro in range(run.accumulate):
             batch = self._next_batch()
             last = micro == run.accumulate - 1
             sync = contextlib.nullcontext() if (last or not self.dist.is_distributed) else self.net.no_sync()
             with sync:
-                losses = self._losses(self.net, batch["noisy"].to(self.device), batch["clean"].to(self.device))["loss"]
+                out = self._losses(self.net, batch["noisy"].to(self.device), batch["clean"].to(self.device))
+                losses = out["loss"]
+                if self.gan is not None:  # the adversarial term (D frozen); PESQ targets start in the pool
+                    losses = losses + self.config.loss.adversarial_weight * self.gan.adversarial(out["gan"])
+                    pending.append(self.gan.submit(out["gan"]))
                 self.scaler.scale(losses.mean() / run.accumulate).backward()
             loss_sum += losses.detach().double().sum().cpu()
             skipped += len(batch["skipped"])
@@ -493,8 +514,15 @@ class Trainer:
             log.warning("step %d: gradient is not finite; optimizer step skipped", self.progress.step + 1)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.gan is not None:
+            facts = self.gan.step(pending)
+            self.progress.pesq_failures += facts["pesq_failures"]
+            self.progress.d_skipped_steps += facts["d_skipped"]
+            self._gan_facts = facts
         self.progress.step += 1
         self.schedule.apply()  # the LR of the next step
+        if self.gan is not None:
+            self.gan.schedule.apply()
         totals = self.dist.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(skipped), dtype=torch.float64)]))
         self.progress.samples += self.step_examples
         self.progress.skipped_files += int(totals[1])
@@ -554,6 +582,8 @@ class Trainer:
             if self.early.best is not None:
                 best.load_best_weights(self.parts)  # weights + optimizer moments; counters stay
             self.schedule.decay(self.config.schedule.factor)
+            if self.gan is not None:
+                self.gan.schedule.decay(self.config.schedule.factor)
         record.update({"improved": decision.improved, "best": self.early.best, "bad_validations": self.early.bad,
                        "plateau": decision.plateau, "stop": decision.stop, "lr": self.schedule.lrs()})
         return record, decision.improved

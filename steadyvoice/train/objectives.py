@@ -39,6 +39,8 @@ class MossFormer2SEObjective:
     """
 
     def __init__(self, model_cfg: Any, loss: LossConfig):
+        if loss.psm_weight + loss.si_snr_weight == 0:
+            raise ConfigError("loss.psm_weight and loss.si_snr_weight are both 0: nothing to train on")
         self.cfg, self.loss = model_cfg, loss
 
     def __call__(self, net, noisy, clean, *, autocast, want_wave=False) -> dict:
@@ -57,6 +59,97 @@ class MossFormer2SEObjective:
                 loss = loss + self.loss.si_snr_weight * neg_si_snr(enhanced, clean)
             out["enhanced"], out["clean"] = enhanced, clean
         out["loss"] = loss
+        return out
+
+
+class FRCRNObjective:
+    """FRCRN's recipe: negative SI-SNR of the waveform + complex-mask MSE (real and imaginary parts).
+
+    What their recipe means, not what their code does (reference README, "Faults"): the target mask
+    S * conj(Y) / |Y|^2 is computed on the network's own conv-STFT (theirs uses another window), clamped to
+    the mask's range [-2, 2] (theirs maps values above 2 to 1), and gradients are clipped once per optimizer
+    step (theirs after every micro-batch). The MSE is scaled by fft_len as theirs. The network runs on the
+    crop as it is (our data is already level-normalised with a random gain; their loader normalises noisy and
+    clean to -25 dBFS separately).
+    """
+
+    def __init__(self, model_cfg: Any, loss: LossConfig):
+        if loss.si_snr_weight + loss.mask_weight == 0:
+            raise ConfigError("loss.si_snr_weight and loss.mask_weight are both 0: nothing to train on")
+        self.cfg, self.loss = model_cfg, loss
+
+    def __call__(self, net, noisy, clean, *, autocast, want_wave=False) -> dict:
+        from steadyvoice.distributed import unwrap_model
+
+        with autocast:
+            _, est_wave, est_mask = net(noisy)  # (B, L), (B, 2F, T)
+        est_wave, est_mask = est_wave.float(), est_mask.float()
+        n = min(est_wave.shape[-1], noisy.shape[-1])
+        loss = torch.zeros(noisy.shape[0], device=noisy.device)
+        if self.loss.si_snr_weight:
+            loss = loss + self.loss.si_snr_weight * neg_si_snr(est_wave[:, :n], clean[:, :n])
+        if self.loss.mask_weight:
+            with torch.no_grad():
+                stft = unwrap_model(net).stft
+                target = complex_ratio_mask(stft(clean), stft(noisy)).clamp(-2.0, 2.0)  # (B, 2F, T)
+            mse = (est_mask - target).square().mean(dim=(1, 2))
+            loss = loss + self.loss.mask_weight * self.cfg.fft_len * mse
+        out = {"loss": loss}
+        if want_wave:
+            out["enhanced"], out["clean"] = est_wave[:, :n].detach(), clean[:, :n]
+        return out
+
+
+def complex_ratio_mask(clean_spec: torch.Tensor, noisy_spec: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """S * conj(Y) / |Y|^2 for spectra laid out (B, 2F, T) as real bins then imaginary bins -> same layout."""
+    sr, si = clean_spec.chunk(2, dim=1)
+    yr, yi = noisy_spec.chunk(2, dim=1)
+    power = yr.square() + yi.square() + eps
+    return torch.cat(((sr * yr + si * yi) / power, (si * yr - sr * yi) / power), dim=1)
+
+
+class MossFormerGANObjective:
+    """The MossFormerGAN-SE generator's reconstruction loss, in the compressed STFT domain of its decoder.
+
+    L = ri_weight * (MSE(real) + MSE(imag)) + mag_weight * MSE(|.|) + time_weight * L1(waveform); the
+    adversarial term (adversarial_weight * (D(clean, estimate) - 1)^2) is added by the GAN trainer
+    (steadyvoice.train.gan), which also gets what its discriminator needs (``out["gan"]``). Differences from
+    their code (reference README, "Faults"): the time loss uses the estimate's own real and imaginary parts
+    and the same centred STFT/iSTFT (theirs mixes the clean real part in and is 200 samples off), and
+    training uses the periodic window of inference (theirs a symmetric one).
+    """
+
+    def __init__(self, model_cfg: Any, loss: LossConfig):
+        if loss.ri_weight + loss.mag_weight + loss.time_weight == 0:
+            raise ConfigError("loss.ri_weight, loss.mag_weight and loss.time_weight are all 0: nothing to train on")
+        self.cfg, self.loss = model_cfg, loss
+
+    def __call__(self, net, noisy, clean, *, autocast, want_wave=False) -> dict:
+        from steadyvoice.pipelines.mossformergan_se import compress, decompress, istft, normalisation_factor, stft
+
+        cfg, w = self.cfg, self.loss
+        n = noisy.shape[-1] - noisy.shape[-1] % cfg.hop_length  # whole hops: the iSTFT gives n samples back
+        noisy, clean = noisy[:, :n], clean[:, :n]
+        c = normalisation_factor(noisy, eps=1e-6)  # (B, 1), as their training
+        x, target = noisy * c, clean * c
+        with torch.no_grad():
+            noisy_in = compress(stft(x, cfg), cfg.compress_power)  # (B, 2, T, F)
+            clean_ri = compress(stft(target, cfg), cfg.compress_power)
+        with autocast:
+            est_real, est_imag = net(noisy_in)  # (B, 1, T, F) each
+        est_real, est_imag = est_real.float(), est_imag.float()
+        est_mag = torch.sqrt(est_real.square() + est_imag.square() + 1e-12)  # (B, 1, T, F)
+        clean_mag = torch.sqrt(clean_ri[:, :1].square() + clean_ri[:, 1:].square() + 1e-12)
+        per_example = (1, 2, 3)
+        loss = w.ri_weight * ((est_real - clean_ri[:, :1]).square().mean(per_example)
+                              + (est_imag - clean_ri[:, 1:]).square().mean(per_example))
+        loss = loss + w.mag_weight * (est_mag - clean_mag).square().mean(per_example)
+        est_wave = istft(decompress(est_real, est_imag, cfg.compress_power), cfg, length=n)  # (B, n), scaled by c
+        loss = loss + w.time_weight * (est_wave - target).abs().mean(-1)
+        out = {"loss": loss, "gan": {"clean_mag": clean_mag, "est_mag": est_mag,
+                                      "est_wave": (est_wave / c).detach(), "clean_wave": clean}}
+        if want_wave:
+            out["enhanced"], out["clean"] = (est_wave / c).detach(), clean
         return out
 
 
@@ -90,6 +183,8 @@ class SeparationObjective:
 # architecture -> (objective class, the LossConfig fields it uses)
 OBJECTIVES: dict[str, tuple[type, tuple[str, ...]]] = {
     "mossformer2-se": (MossFormer2SEObjective, ("psm_weight", "psm_ratio", "si_snr_weight")),
+    "frcrn-se": (FRCRNObjective, ("si_snr_weight", "mask_weight")),
+    "mossformergan-se": (MossFormerGANObjective, ("ri_weight", "mag_weight", "time_weight", "adversarial_weight")),
     "mossformer2-ss": (SeparationObjective, ()),
 }
 
