@@ -77,6 +77,13 @@ MAX_CHANNELS = 32
 DEFAULT_MODEL = "default"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
+# Per-architecture limits for long inputs (the others use the defaults above): MossFormerGAN attends over
+# the whole input along time (cost grows with the square of the length), so it decodes at most 10 s at
+# once, like ClearVoice's one_time_decode_length / decode_window for it.
+LONG_INPUT: dict[str, dict[str, float]] = {
+    "mossformergan-se": {"one_pass_max_seconds": 10.0, "window_seconds": 10.0},
+}
+
 # Called after each window as progress(done, total); total counts the windows of all channels.
 ProgressCallback = Callable[[int, int], None]
 
@@ -319,8 +326,8 @@ class Enhancer:
         cfg,
         device: str | torch.device = "cpu",
         *,
-        one_pass_max_seconds: float = ONE_PASS_MAX_SECONDS,
-        window_seconds: float = WINDOW_SECONDS,
+        one_pass_max_seconds: float | None = None,
+        window_seconds: float | None = None,
         margin_seconds: float = MARGIN_SECONDS,
         crossfade_seconds: float = CROSSFADE_SECONDS,
     ):
@@ -334,6 +341,10 @@ class Enhancer:
         self.model = model.to(self.device).eval()
         self.cfg = cfg
         self._pass = one_pass(cfg)  # the architecture's waveform -> waveform path
+        # Architectures whose attention spans the whole input decode shorter stretches at once.
+        limits = LONG_INPUT.get(architecture_of(cfg).name, {})
+        one_pass_max_seconds = one_pass_max_seconds or limits.get("one_pass_max_seconds", ONE_PASS_MAX_SECONDS)
+        window_seconds = window_seconds or limits.get("window_seconds", WINDOW_SECONDS)
         self.sample_rate = int(cfg.sample_rate)
         self.one_pass_max = round(one_pass_max_seconds * self.sample_rate)
         self.plan = plan_windows(

@@ -108,3 +108,16 @@ def test_a_loss_of_another_family_is_an_error_naming_the_key():
     objective_for(get_config("mossformer2-se-16k-small"), LossConfig(si_snr_weight=0.5))
     with pytest.raises(ConfigError, match="loss.si_snr_weight: not a loss of mossformer2-ss"):
         objective_for(get_config("mossformer2-ss-16k-small"), LossConfig(si_snr_weight=0.5))
+
+
+def test_a_gan_section_with_another_family_is_an_error_naming_the_key():
+    from steadyvoice.models import get_config
+    from steadyvoice.train.config import GANConfig
+    from steadyvoice.train.objectives import check_gan_section
+
+    check_gan_section(get_config("mossformer2-se-16k-small"), LossConfig(), GANConfig())  # untouched: fine
+    with pytest.raises(ConfigError, match="gan.lr: the gan section is for MossFormerGAN models"):
+        check_gan_section(get_config("frcrn-se-16k-small"), LossConfig(si_snr_weight=1.0), GANConfig(lr=0.1))
+    with pytest.raises(ConfigError, match="gan.overrides.bogus"):
+        check_gan_section(get_config("mossformergan-se-16k-small"), LossConfig(ri_weight=1.0, adversarial_weight=0.05),
+                          GANConfig(overrides={"bogus": 1}))

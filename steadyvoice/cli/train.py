@@ -81,9 +81,11 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     cfg = load_train_config(args.config, overrides_from_args(args))
-    from steadyvoice.train.objectives import objective_for
+    from steadyvoice.train.objectives import check_gan_section, objective_for
 
-    objective_for(cfg.model.resolve(), cfg.loss)  # a loss of another model family is an error now, before any write
+    # Keys of another model family are errors now, before anything is written.
+    objective_for(cfg.model.resolve(), cfg.loss)
+    check_gan_section(cfg.model.resolve(), cfg.loss, cfg.gan)
     if args.init_from is not None and args.resume_from is not None:
         raise SteadyVoiceError("--init-from starts a new run from weights; it cannot be combined with --resume-from")
     try:

@@ -46,7 +46,7 @@ from steadyvoice.distributed import DistContext, die_with_parent, wrap_model
 from steadyvoice.train.logging import RunLogger
 from steadyvoice.train.losses import si_sdr
 from steadyvoice.train.gan import MetricGAN
-from steadyvoice.train.objectives import MossFormerGANObjective, objective_for
+from steadyvoice.train.objectives import MossFormerGANObjective, check_gan_section, objective_for
 from steadyvoice.train.schedule import EarlyStopping, LRSchedule
 
 log = logging.getLogger("steadyvoice")
@@ -223,6 +223,7 @@ class Trainer:
 
         self.model_config = cfg.model.resolve()
         self.objective = objective_for(self.model_config, cfg.loss)  # what this architecture minimises
+        check_gan_section(self.model_config, cfg.loss, cfg.gan)
         self.task = architecture_of(self.model_config).task  # "enhancement" or "separation"
         self.model = build_model(self.model_config).to(self.device)  # the bare model (what state_dict saves)
         self.net = wrap_model(self.model, self.dist)  # what forward/backward run through (DDP when W > 1)

@@ -201,6 +201,21 @@ def objective_for(model_cfg: Any, loss: LossConfig) -> Objective:
     defaults = LossConfig.__dataclass_fields__
     for key, field in defaults.items():
         if key not in used and getattr(loss, key) != field.default:
-            raise ConfigError(f"loss.{key}: not a loss of {arch.name} models (it uses {', '.join(used)}); the recipe "
-                              "mixes model families: remove the key or pick the matching model.name")
+            raise ConfigError(f"loss.{key}: not a loss of {arch.name} models (it uses {', '.join(used) or 'no loss keys'}); "
+                              "the recipe mixes model families: remove the key or pick the matching model.name")
     return cls(model_cfg, loss)
+
+
+def check_gan_section(model_cfg: Any, loss: LossConfig, gan: Any) -> None:
+    """A ``gan:`` section only goes with a GAN-trained model: anything set in it otherwise is an error."""
+    from steadyvoice.models import architecture_of
+
+    if architecture_of(model_cfg).name == "mossformergan-se" and loss.adversarial_weight > 0:
+        gan.resolve()  # the discriminator config must be valid (names gan.overrides.<key>)
+        return
+    for key, field in type(gan).__dataclass_fields__.items():
+        default = field.default_factory() if callable(field.default_factory) else field.default
+        if getattr(gan, key) != default:
+            raise ConfigError(f"gan.{key}: the gan section is for MossFormerGAN models trained with "
+                              "loss.adversarial_weight > 0; this recipe trains "
+                              f"{architecture_of(model_cfg).name}: remove the section or pick the matching model.name")
