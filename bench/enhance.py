@@ -1,7 +1,10 @@
 """Benchmark of `enhance` on CPU: real-time factor and peak memory, with baselines measured in the same run.
 
-For each model configuration and input length, three ways of enhancing the same input are timed, each in
-its own subprocess so that peak memory (getrusage ru_maxrss) of one case does not leak into another:
+Two suites (``--suite methods|families|all``, default all); every case runs in its own subprocess so that
+peak memory (getrusage ru_maxrss) of one case does not leak into another.
+
+Methods (MossFormer2-SE windowing). For each model configuration and input length, three ways of enhancing
+the same input are timed:
 
 * ``enhancer``     SteadyVoice's Enhancer (one pass up to 20 s, then 10 s windows with crossfades)
 * ``one-pass``     baseline: one bare features.enhance_waveform call over the whole input (memory grows
@@ -10,14 +13,25 @@ its own subprocess so that peak memory (getrusage ru_maxrss) of one case does no
                    0.5 s dropped at each inner edge, hard cuts (used by them only above 20 s; run here at
                    every length for comparison)
 
-Models have RANDOM weights (seeded): the cost of a forward pass does not depend on the values, so the
-timings hold for trained weights; the audio they produce is meaningless. Input: synthetic noisy
-speech-like signal at the model's rate (no resampling). Results are printed and written to
-bench/out/enhance.json.
+Families (``--families``). The model families on ONE core (torch.set_num_threads(1)), each through the
+class a user runs: the shipped default enhancement model (``default``: MossFormer2-SE 16 kHz, its trained
+weights; the baseline of the ratios), and the official-size networks FRCRN_SE_16K (``frcrn-se-16k``),
+MossFormerGAN_SE_16K (``mossformergan-se-16k``) through the Enhancer (one pass up to 20 s) and
+MossFormer2_SS_16K (``mossformer2-ss-16k``, 2 talkers) through the Separator (one pass up to 2 s, then 4 s
+windows with a 3 s stride, so 10 s takes 3 windows). At 4 s and 10 s by default: MossFormerGAN's attention is
+quadratic in the number of frames (100 per second, over the whole input in one pass), so its cost per second
+grows with the length; the two lengths show by how much. Reported per case: wall time, RTF, peak-RSS increase
+over the loaded model, parameters and weight size (float32 tensor bytes, what model.safetensors holds).
 
-    python bench/enhance.py                       # official size + small, 10 s and 60 s (~3 min, 2 idle cores)
-    python bench/enhance.py --quick               # small config, 10 s only
-    python bench/enhance.py --configs mossformer2-se-48k --durations 10 60 300
+Models have RANDOM weights (seeded; the shipped default model excepted): the cost of a forward pass does
+not depend on the values, so the timings hold for trained weights; the audio they produce is meaningless. Input: synthetic noisy
+speech-like signal at the model's rate (no resampling). Results are printed and written to
+bench/out/enhance.json (methods) and bench/out/enhance-families.json (families).
+
+    python bench/enhance.py                       # both suites (~3 min methods + ~8 min families, 2 idle cores)
+    python bench/enhance.py --quick               # small config at 10 s; families at 4 s, one run each (~2 min)
+    python bench/enhance.py --suite methods --configs mossformer2-se-48k --durations 10 60 300
+    python bench/enhance.py --suite families --family-durations 4 10 30
 """
 
 from __future__ import annotations
@@ -34,6 +48,14 @@ from pathlib import Path
 METHODS = ("enhancer", "one-pass", "official-4s")
 BASELINE = "one-pass"
 DEFAULT_CONFIGS = ("mossformer2-se-48k", "mossformer2-se-48k-small")
+SUITES = ("methods", "families")
+# Families suite: a registry config name (random weights) or a model directory / shipped model name (its
+# weights); the first is the baseline of the ratios. Enhancement models run through the Enhancer,
+# separation models through the Separator (the "enhancer" method: the class a user runs).
+SHIPPED_DEFAULT = "default"
+FAMILIES = (SHIPPED_DEFAULT, "frcrn-se-16k", "mossformergan-se-16k", "mossformer2-ss-16k")
+FAMILY_DURATIONS = (4.0, 10.0)
+FAMILY_THREADS = 1
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
@@ -42,7 +64,14 @@ def main() -> int:
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="registry config names")
     parser.add_argument("--durations", nargs="+", type=float, default=[10.0, 60.0], help="input seconds")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--quick", action="store_true", help="small config, 10 s input only")
+    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all", help="which suite to run (default: all)")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES),
+                        help="families suite: 'default', a model directory or a registry config name; the first is "
+                             "the baseline of the ratios")
+    parser.add_argument("--family-durations", nargs="+", type=float, default=list(FAMILY_DURATIONS),
+                        help="families suite: input seconds")
+    parser.add_argument("--quick", action="store_true",
+                        help="methods: small config, 10 s only; families: 4 s only, one timed run")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per case; the fastest counts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per case (default: torch's choice)")
     parser.add_argument("--worker", nargs=3, metavar=("CONFIG", "SECONDS", "METHOD"), help=argparse.SUPPRESS)
@@ -57,7 +86,15 @@ def main() -> int:
         return 0
     if args.quick:
         args.configs, args.durations = [DEFAULT_CONFIGS[1]], [10.0]
-    return run_all(args.configs, args.durations, args.methods, args.threads, args.repeat)
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    if "methods" in suites:
+        run_all(args.configs, args.durations, args.methods, args.threads, args.repeat)
+    if "families" in suites:
+        if "methods" in suites:
+            print()
+        durations = [min(args.family_durations)] if args.quick else args.family_durations
+        run_families(args.families, durations, 1 if args.quick else args.repeat)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -75,16 +112,62 @@ def run_all(configs: list[str], durations: list[float], methods: list[str], thre
     for config in configs:
         for seconds in durations:
             for method in methods:
-                result = _run_worker(config, seconds, method, threads, repeat)
-                results.append(result)
-                print(f"  {config:28s} {seconds:6.0f} s  {method:12s} "
-                      f"{result['wall_s']:7.2f} s  RTF {result['rtf']:.3f}  peak RSS {result['peak_rss_mb']:7.0f} MB "
-                      f"(+{result['peak_increase_mb']:.0f} MB over the loaded model)", flush=True)
+                results.append(_run_and_print(config, seconds, method, threads, repeat))
     _print_ratios(results, methods)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "enhance.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {OUT_DIR / 'enhance.json'}")
+    _write(results, "enhance.json")
     return 0
+
+
+def run_families(families: list[str], durations: list[float], repeat: int) -> int:
+    """Each family through the Enhancer / Separator on FAMILY_THREADS core(s); ratios against the first."""
+    import torch
+
+    print(f"Model families on {FAMILY_THREADS} core (torch.set_num_threads({FAMILY_THREADS})), "
+          f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; fastest of {repeat} run(s) per case; "
+          f"'{SHIPPED_DEFAULT}' = the shipped model (trained weights), registry names = RANDOM weights (timing only); "
+          "Enhancer for enhancement, Separator for separation")
+    results = [_run_and_print(family, seconds, "enhancer", FAMILY_THREADS, repeat)
+               for family in families for seconds in durations]
+    base = {r["seconds"]: r for r in results if r["config"] == families[0]}
+    print(f"\nratios against {families[0]} at the same length (time, peak-RSS increase, parameters, weights):")
+    for r in results:
+        b = base.get(r["seconds"])
+        if r["config"] == families[0] or b is None:
+            continue
+        print(f"  {r['config']:28s} {r['seconds']:6.0f} s  time x{r['wall_s'] / b['wall_s']:.2f}  "
+              f"memory x{_ratio(r['peak_increase_mb'], b['peak_increase_mb']):.2f}  "
+              f"parameters x{r['parameters'] / b['parameters']:.2f}  weights x{r['weights_mb'] / b['weights_mb']:.2f}")
+    by_family = {}
+    for r in results:
+        by_family.setdefault(r["config"], []).append(r)
+    growth = [(f, min(rs, key=lambda r: r["seconds"]), max(rs, key=lambda r: r["seconds"]))
+              for f, rs in by_family.items() if len(rs) > 1]
+    if growth:
+        print("cost per second of audio, longest against shortest length (1.00 = linear in the length):")
+        for family, short, long in growth:
+            print(f"  {family:28s} {long['seconds']:.0f} s / {short['seconds']:.0f} s  "
+                  f"RTF x{long['rtf'] / short['rtf']:.2f}  memory x{_ratio(long['peak_increase_mb'], short['peak_increase_mb']):.2f}")
+    _write(results, "enhance-families.json")
+    return 0
+
+
+def _run_and_print(config: str, seconds: float, method: str, threads: int, repeat: int) -> dict:
+    result = _run_worker(config, seconds, method, threads, repeat)
+    print(f"  {config:28s} {seconds:6.0f} s  {method:12s} "
+          f"{result['wall_s']:7.2f} s  RTF {result['rtf']:.3f}  peak RSS {result['peak_rss_mb']:7.0f} MB "
+          f"(+{result['peak_increase_mb']:.0f} MB over the loaded model)  {result['parameters'] / 1e6:.2f} M params  "
+          f"{result['weights_mb']:.1f} MB weights  {result['windows'] or '-'} window(s)", flush=True)
+    return result
+
+
+def _ratio(value: float, base: float) -> float:
+    return value / base if base > 0 else float("nan")
+
+
+def _write(results: list[dict], name: str) -> None:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / name).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {OUT_DIR / name}")
 
 
 def _run_worker(config: str, seconds: float, method: str, threads: int, repeat: int) -> dict:
@@ -104,7 +187,7 @@ def _print_ratios(results: list[dict], methods: list[str]) -> None:
         b = base.get((r["config"], r["seconds"]))
         if r["method"] == BASELINE or b is None:
             continue
-        mem = r["peak_increase_mb"] / b["peak_increase_mb"] if b["peak_increase_mb"] > 0 else float("nan")
+        mem = _ratio(r["peak_increase_mb"], b["peak_increase_mb"])
         print(f"  {r['config']:28s} {r['seconds']:6.0f} s  {r['method']:12s} time x{r['wall_s'] / b['wall_s']:.2f}  "
               f"memory x{mem:.2f}")
 
@@ -118,14 +201,11 @@ def run_case(config: str, seconds: float, method: str, repeat: int) -> dict:
     import numpy as np
     import torch
 
-    from steadyvoice.inference import Enhancer
-    from steadyvoice.models import build_model, get_config
+    from steadyvoice.models import count_parameters
 
-    cfg = get_config(config)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model, cfg, weights = _load(config)
     wave = _input(seconds, cfg.sample_rate)
-    run = _method(method, model, cfg)
+    run, runner = _method(method, model, cfg)
     run(wave[: cfg.sample_rate])  # warm-up on 1 s (allocator, kernels)
     rss_before = _reset_peak_and_read_rss_mb()
     wall = float("inf")
@@ -133,25 +213,49 @@ def run_case(config: str, seconds: float, method: str, repeat: int) -> dict:
         start = time.perf_counter()
         out = run(wave)
         wall = min(wall, time.perf_counter() - start)
-        assert out.shape == wave.shape and np.isfinite(out).all()
+        assert out.shape[-1] == wave.shape[-1] and np.isfinite(out).all()  # separation: (S, N)
     increase = _high_water_mb() - rss_before
-    return {"config": config, "seconds": seconds, "method": method, "wall_s": wall, "rtf": wall / seconds,
-            "peak_rss_mb": _peak_rss_mb(), "peak_increase_mb": increase, "threads": torch.get_num_threads(),
-            "repeat": repeat, "load_average": os.getloadavg()[0],
-            "weights": "random (seeded)", "windows": Enhancer(model, cfg).window_count(len(wave), cfg.sample_rate)
-            if method == "enhancer" else None}
+    return {"config": config, "architecture": type(cfg).__name__, "seconds": seconds, "method": method,
+            "wall_s": wall, "rtf": wall / seconds, "peak_rss_mb": _peak_rss_mb(), "peak_increase_mb": increase,
+            "threads": torch.get_num_threads(), "repeat": repeat, "load_average": os.getloadavg()[0],
+            "parameters": count_parameters(model),
+            "weights_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20,
+            "weights": weights, "windows": runner.window_count(len(wave), cfg.sample_rate) if runner else None}
+
+
+def _load(config: str):
+    """(model in eval mode, cfg, where its weights come from): a registry config name -> random weights
+    (seeded); 'default' or a model directory -> its weights."""
+    import torch
+
+    from steadyvoice.models import CONFIGS, build_model, get_config, load_pretrained
+
+    if config in CONFIGS:
+        torch.manual_seed(0)
+        cfg = get_config(config)
+        return build_model(cfg).eval(), cfg, "random (seeded)"
+    from steadyvoice.inference import _model_dir_for  # the Enhancer's resolution of 'default' / directories
+
+    model_dir = _model_dir_for(config)
+    model, cfg = load_pretrained(model_dir)
+    return model, cfg, f"trained ({model_dir})"
 
 
 def _method(method: str, model, cfg):
+    """(wave -> output, the Enhancer / Separator running it or None)."""
     import numpy as np
     import torch
 
-    from steadyvoice.features import enhance_waveform
     from steadyvoice.inference import Enhancer
+    from steadyvoice.models import architecture_of
+    from steadyvoice.pipelines import one_pass as pipeline
+    from steadyvoice.separation import Separator
+
+    network = pipeline(cfg)  # the architecture's one-pass path (features.enhance_waveform for MossFormer2-SE)
 
     @torch.no_grad()
     def one_pass(wave: np.ndarray) -> np.ndarray:
-        return enhance_waveform(model, torch.from_numpy(wave)[None], cfg)[0].numpy()
+        return network(model, torch.from_numpy(wave)[None], cfg)[0].numpy()
 
     def official_4s(wave: np.ndarray) -> np.ndarray:
         """ClearerVoice's long-input decode: 4 s windows, 3 s stride, 0.5 s dropped at inner edges, hard cuts."""
@@ -169,11 +273,13 @@ def _method(method: str, model, cfg):
         return out[:n]
 
     if method == "enhancer":
-        enhancer = Enhancer(model, cfg)
-        return lambda wave: enhancer(wave, cfg.sample_rate)
+        runner = (Separator if architecture_of(cfg).task == "separation" else Enhancer)(model, cfg)
+        return (lambda wave: runner(wave, cfg.sample_rate)), runner
+    if architecture_of(cfg).task != "enhancement":
+        raise SystemExit(f"method {method} is for enhancement models; use --methods enhancer for {type(cfg).__name__}")
     if method == "one-pass":
-        return one_pass
-    return official_4s
+        return one_pass, None
+    return official_4s, None
 
 
 def _input(seconds: float, sample_rate: int):
