@@ -105,3 +105,32 @@ def test_two_processes_resume_bit_identical(family, corpus, tmp_path):
     torchrun(resumed, 4)
     assert compare_runs(straight, resumed) == []
     assert load_checkpoint(final_checkpoint(resumed)).state["world_size"] == 2
+
+
+def test_a_failed_pesq_skips_the_discriminator_step_and_is_counted():
+    import math
+
+    import torch
+
+    from steadyvoice.distributed import DistContext
+    from steadyvoice.train.config import load_train_config
+    from steadyvoice.train.gan import MetricGAN, pesq_target
+    from steadyvoice.train.loop import Progress
+
+    cfg = load_train_config(RECIPES["gan"], ["gan.pesq_workers=0"])
+    torch.manual_seed(0)
+    gan = MetricGAN(cfg, 16000, Progress(), DistContext())
+    mag = torch.rand(2, 1, 40, 201)
+    before = {k: v.clone() for k, v in gan.disc.state_dict().items()}
+    silent = pesq_target(torch.zeros(8000).numpy(), torch.zeros(8000).numpy(), 16000)
+    assert math.isnan(silent)  # PESQ cannot score silence
+    facts = gan.step([{"clean_mag": mag, "est_mag": mag * 0.5, "targets": [0.4, silent]}])
+    assert facts == {"d_skipped": 1, "pesq_failures": 1, "d_loss": facts["d_loss"]} and math.isnan(facts["d_loss"])
+    assert all(torch.equal(before[k], v) for k, v in gan.disc.state_dict().items())  # D untouched
+    facts = gan.step([{"clean_mag": mag, "est_mag": mag * 0.5, "targets": [0.4, 0.7]}])
+    assert facts["d_skipped"] == 0 and math.isfinite(facts["d_loss"])
+    assert any(not torch.equal(before[k], v) for k, v in gan.disc.state_dict().items())  # D learned
+    # The adversarial term reaches the generator only: D's parameters get no gradient from it.
+    est = (mag * 0.5).requires_grad_(True)
+    gan.adversarial({"clean_mag": mag, "est_mag": est}).sum().backward()
+    assert est.grad is not None and all(p.grad is None for p in gan.disc.parameters())
