@@ -134,3 +134,46 @@ def test_a_failed_pesq_skips_the_discriminator_step_and_is_counted():
     est = (mag * 0.5).requires_grad_(True)
     gan.adversarial({"clean_mag": mag, "est_mag": est}).sum().backward()
     assert est.grad is not None and all(p.grad is None for p in gan.disc.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(RECIPES))
+def test_sigkill_of_every_process_of_a_2_process_run_then_resume_is_bit_identical(family, corpus, tmp_path):
+    """kill -9 of the agent and both workers (mid-save when it lands there), then the same torchrun again."""
+    import signal
+    import time
+
+    from faultinject import WRITE_DELAY_ENV
+    from test_run_state import _processes_mentioning
+
+    def torchrun_cmd(run_dir: Path) -> list[str]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "steadyvoice",
+               "train", "--config", str(RECIPES[family]), "--run-dir", str(run_dir)]
+        for item in overrides(corpus, 4, ["data.crop_seconds=0.5", "train.batch_size=1"]):
+            cmd += ["--set", item]
+        return cmd
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    assert subprocess.run(torchrun_cmd(straight), capture_output=True, timeout=900, env=env).returncode == 0
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(torchrun_cmd(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**env, WRITE_DELAY_ENV: "0.1"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        log = run_dir / "log.jsonl"
+        while not (log.exists() and any('"step": 2' in ln for ln in log.read_text().splitlines())):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        for pid in [proc.pid, *_processes_mentioning(str(run_dir))]:  # agent and workers, all at once
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)
+    finally:
+        for pid in _processes_mentioning(str(run_dir)):
+            os.kill(pid, signal.SIGKILL)
+    out = subprocess.run(torchrun_cmd(run_dir), capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert compare_runs(straight, run_dir) == []
