@@ -326,12 +326,19 @@ def infer_generator_config(sd: dict[str, torch.Tensor], *, sample_rate: int = 16
 
 
 def infer_discriminator_config(sd: dict[str, torch.Tensor]) -> MetricDiscriminatorConfig:
-    """Discriminator config read from their tensor shapes (CNN widths, Conformer blocks)."""
+    """Discriminator config read from their tensor shapes (CNN widths, Conformer blocks, widths and kernel, pool)."""
     sd = strip_wrapper_prefixes(sd)
     try:
         channels = tuple(int(sd[f"cnn.conv{k}.weight"].shape[0]) for k in (1, 2, 3))
         blocks = len({k.split(".")[1] for k in sd if k.startswith("att.")})
-        return MetricDiscriminatorConfig(cnn_channels=channels, conformer_blocks=blocks)
+        widths = dict(pool_hidden=int(sd["pool.linear1.weight"].shape[0]))
+        if blocks:  # the Conformer's widths and kernel (feature_dim = 6 * channels[2])
+            dim, rel = 6 * channels[2], tuple(sd["att.0.attn.fn.rel_pos_emb.weight"].shape)
+            widths.update(conv_kernel=int(sd["att.0.conv.net.4.conv.weight"].shape[-1]),
+                          conv_expansion=int(sd["att.0.conv.net.4.conv.weight"].shape[0]) // dim,
+                          ff_mult=int(sd["att.0.ff1.fn.fn.net.0.weight"].shape[0]) // dim,
+                          conformer_heads=dim // rel[1], max_relative_position=(rel[0] - 1) // 2)
+        return MetricDiscriminatorConfig(cnn_channels=channels, conformer_blocks=blocks, **widths)
     except KeyError as exc:
         raise CheckpointError(f"cannot infer the discriminator configuration: key {exc} is missing") from None
     except ValueError as exc:
