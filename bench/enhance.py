@@ -16,19 +16,20 @@ the same input are timed:
 Families (``--families``). The model families on ONE core (torch.set_num_threads(1)), each through the
 class a user runs: the shipped default enhancement model (``default``: MossFormer2-SE 16 kHz, its trained
 weights; the baseline of the ratios), and the official-size networks FRCRN_SE_16K (``frcrn-se-16k``),
-MossFormerGAN_SE_16K (``mossformergan-se-16k``) through the Enhancer (one pass up to 20 s) and
-MossFormer2_SS_16K (``mossformer2-ss-16k``, 2 talkers) through the Separator (one pass up to 2 s, then 4 s
-windows with a 3 s stride, so 10 s takes 3 windows). At 4 s and 10 s by default: MossFormerGAN's attention is
-quadratic in the number of frames (100 per second, over the whole input in one pass), so its cost per second
-grows with the length; the two lengths show by how much. Reported per case: wall time, RTF, peak-RSS increase
-over the loaded model, parameters and weight size (float32 tensor bytes, what model.safetensors holds).
+MossFormerGAN_SE_16K (``mossformergan-se-16k``) through the Enhancer (one pass up to 20 s; MossFormerGAN up
+to 10 s, then 10 s windows) and MossFormer2_SS_16K (``mossformer2-ss-16k``, 2 talkers) through the Separator
+(one pass up to 2 s, then 4 s windows with a 3 s stride: 4 s takes 1 window, 10 s 3). At 4 s and 10 s by
+default: MossFormerGAN's attention is quadratic in the number of STFT frames (160 per second, the whole input
+in one pass up to 10 s), so its cost per second grows with the length; the two lengths show by how much.
+Reported per case: wall time, RTF, peak-RSS increase over the loaded model, parameters and weight size
+(float32 tensor bytes, what model.safetensors holds).
 
 Models have RANDOM weights (seeded; the shipped default model excepted): the cost of a forward pass does
-not depend on the values, so the timings hold for trained weights; the audio they produce is meaningless. Input: synthetic noisy
-speech-like signal at the model's rate (no resampling). Results are printed and written to
+not depend on the values, so the timings hold for trained weights; the audio they produce is meaningless.
+Input: synthetic noisy speech-like signal at the model's rate (no resampling). Results are printed and written to
 bench/out/enhance.json (methods) and bench/out/enhance-families.json (families).
 
-    python bench/enhance.py                       # both suites (~3 min methods + ~8 min families, 2 idle cores)
+    python bench/enhance.py                       # both suites (~3 min methods on 2 idle cores + ~12 min families)
     python bench/enhance.py --quick               # small config at 10 s; families at 4 s, one run each (~2 min)
     python bench/enhance.py --suite methods --configs mossformer2-se-48k --durations 10 60 300
     python bench/enhance.py --suite families --family-durations 4 10 30
@@ -123,9 +124,10 @@ def run_families(families: list[str], durations: list[float], repeat: int) -> in
     import torch
 
     print(f"Model families on {FAMILY_THREADS} core (torch.set_num_threads({FAMILY_THREADS})), "
-          f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; fastest of {repeat} run(s) per case; "
-          f"'{SHIPPED_DEFAULT}' = the shipped model (trained weights), registry names = RANDOM weights (timing only); "
-          "Enhancer for enhancement, Separator for separation")
+          f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"fastest of {repeat} run(s) per case; "
+          f"'{SHIPPED_DEFAULT}' = the shipped model (trained weights), registry names = RANDOM weights "
+          "(timing only); Enhancer for enhancement, Separator for separation")
     results = [_run_and_print(family, seconds, "enhancer", FAMILY_THREADS, repeat)
                for family in families for seconds in durations]
     base = {r["seconds"]: r for r in results if r["config"] == families[0]}
@@ -136,7 +138,8 @@ def run_families(families: list[str], durations: list[float], repeat: int) -> in
             continue
         print(f"  {r['config']:28s} {r['seconds']:6.0f} s  time x{r['wall_s'] / b['wall_s']:.2f}  "
               f"memory x{_ratio(r['peak_increase_mb'], b['peak_increase_mb']):.2f}  "
-              f"parameters x{r['parameters'] / b['parameters']:.2f}  weights x{r['weights_mb'] / b['weights_mb']:.2f}")
+              f"parameters x{r['parameters'] / b['parameters']:.2f}  "
+              f"weights x{r['weights_mb'] / b['weights_mb']:.2f}")
     by_family = {}
     for r in results:
         by_family.setdefault(r["config"], []).append(r)
@@ -146,7 +149,8 @@ def run_families(families: list[str], durations: list[float], repeat: int) -> in
         print("cost per second of audio, longest against shortest length (1.00 = linear in the length):")
         for family, short, long in growth:
             print(f"  {family:28s} {long['seconds']:.0f} s / {short['seconds']:.0f} s  "
-                  f"RTF x{long['rtf'] / short['rtf']:.2f}  memory x{_ratio(long['peak_increase_mb'], short['peak_increase_mb']):.2f}")
+                  f"RTF x{long['rtf'] / short['rtf']:.2f}  "
+                  f"memory x{_ratio(long['peak_increase_mb'], short['peak_increase_mb']):.2f}")
     _write(results, "enhance-families.json")
     return 0
 

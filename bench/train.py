@@ -4,10 +4,19 @@ Runs the real command (data mixing, DataLoader, loss, DDP, logging, the final ch
 audio and reads the per-step wall-clock times from each run's log.jsonl. The first steps are warm-up and
 not counted. Ratios are against the 1-process run of the same network, measured in the same invocation.
 
-    python bench/train.py                      # tiny-cpu and the official-size network (~3-5 min on 2 cores)
-    python bench/train.py --skip-official      # tiny-cpu only (~1 min)
+    python bench/train.py                      # the tiny recipes and the official-size network (~15 min on 2 cores)
+    python bench/train.py --skip-official      # the tiny recipes only
+    python bench/train.py --families tiny-cpu  # MossFormer2-SE only (~1 min)
 
-Sizes: tiny-cpu as its recipe (16 kHz, 1 s crops, 4 per process); the official MossFormer2_SE_48K network
+Families: the tiny recipe of each (16 kHz, 1 s crops, the recipe's batch per process; steps per family, see
+TINY): tiny-cpu (MossFormer2-SE, 4), frcrn-tiny-cpu (FRCRN, 4), mossformergan-tiny-cpu (MossFormerGAN generator
++ metric discriminator and its PESQ targets, 2) and separation-tiny-cpu (MossFormer2-SS, 2 talkers, 4; clean
+speech only, as its recipe).
+Every family trains on the same generated audio (the clean files sit in 4 speaker directories, which
+separation needs and enhancement ignores). 'vs tiny-cpu' compares each run with the tiny-cpu run of the same
+processes and threads, measured in the same invocation.
+
+Sizes: the official MossFormer2_SE_48K network
 (55 M parameters, 48 kHz) with 1 s crops and 1 example per process so that it fits the time budget on a
 CPU (its recipe trains 4 s crops, 4 per GPU). Samples/s counts examples of the run's crop length.
 """
@@ -31,28 +40,31 @@ sys.path.insert(0, str(ROOT))
 from steadyvoice.audio import write_audio
 
 
-def make_corpus(root: Path, sr: int, n_clean: int = 16, seconds: float = 2.0) -> tuple[Path, Path]:
+def make_corpus(root: Path, sr: int, n_clean: int = 16, seconds: float = 2.0,
+                speakers: int = 4) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     clean, noise = root / f"clean{sr}", root / f"noise{sr}"
-    clean.mkdir(parents=True)
+    for k in range(speakers):  # speaker directories (data.speaker_from: parent) for separation
+        (clean / f"spk{k}").mkdir(parents=True)
     noise.mkdir(parents=True)
     t = np.arange(int(seconds * sr)) / sr
     for i in range(n_clean):
         x = sum(np.sin(2 * np.pi * rng.uniform(100, 250) * k * t) / k for k in range(1, 8))
         x *= 0.55 + 0.45 * np.sin(2 * np.pi * rng.uniform(2, 5) * t)
-        write_audio(clean / f"c{i}.wav", (0.1 * x).astype(np.float32), sr)
+        write_audio(clean / f"spk{i % speakers}" / f"c{i}.wav", (0.1 * x).astype(np.float32), sr)
     for i in range(3):
         write_audio(noise / f"n{i}.wav", (0.05 * rng.standard_normal(int(seconds * sr))).astype(np.float32), sr)
     return clean, noise
 
 
-def run_training(name: str, procs: int, config: Path, clean: Path, noise: Path, work: Path, steps: int,
+def run_training(name: str, procs: int, config: Path, clean: Path, noise: Path | None, work: Path, steps: int,
                  extra: list[str], threads: int | None) -> Path:
     run_dir = work / f"{name}-{procs}p-{threads or 'all'}t"
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
                 if procs > 1 else [sys.executable])
     cmd = [*launcher, "-m", "steadyvoice", "train", "--config", str(config), "--run-dir", str(run_dir),
-           "--clean", str(clean), "--noise", str(noise), "--max-steps", str(steps), "--device", "cpu",
+           "--clean", str(clean), *(["--noise", str(noise)] if noise else []), "--max-steps", str(steps),
+           "--device", "cpu",
            "--set", "train.log_every=1", "--set", "train.validate_every=100000", "--set", "data.valid_count=1",
            "--set", "checkpoint.save_every=100000", "--set", "data.epoch_size=100000", *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -74,29 +86,41 @@ def samples_per_s(run_dir: Path, warmup: int) -> tuple[float, float]:
     return (last["samples"] - first["samples"]) / seconds, seconds / (last["step"] - first["step"])
 
 
+# The tiny recipe of each family: (recipe name, batch per process as the recipe, noise mixed in, steps). Steps
+# per family keep each run to about a minute: an FRCRN or MossFormerGAN step costs 10-30 tiny-cpu steps.
+TINY = (("tiny-cpu", 4, True, 100), ("frcrn-tiny-cpu", 4, True, 30), ("mossformergan-tiny-cpu", 2, True, 20),
+        ("separation-tiny-cpu", 4, False, 50))
+TINY_NAMES = [name for name, *_ in TINY]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny-steps", type=int, default=100)
+    ap.add_argument("--families", nargs="+", choices=TINY_NAMES, default=TINY_NAMES,
+                    help="tiny recipes to run (default: all); tiny-cpu is the baseline of 'vs tiny-cpu'")
+    ap.add_argument("--tiny-steps", type=int, help="steps of every tiny run (default: per family, 100 for tiny-cpu)")
     ap.add_argument("--official-steps", type=int, default=4)
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--keep", type=Path, help="keep the run directories here")
     args = ap.parse_args()
 
-    # (name, recipe, sample rate, steps, warm-up steps, batch per process, extra overrides)
-    cases = [("tiny-cpu", ROOT / "recipes" / "tiny-cpu.yaml", 16000, args.tiny_steps, 5, 4, [])]
+    # (name, recipe, sample rate, steps, warm-up steps, batch per process, noise?, extra overrides)
+    cases = [(name, ROOT / "recipes" / f"{name}.yaml", 16000, args.tiny_steps or steps, 5, batch, noise, [])
+             for name, batch, noise, steps in TINY if name in args.families]
     if not args.skip_official:
         cases.append(("official-48k", ROOT / "recipes" / "mossformer2-se-48k.yaml", 48000, args.official_steps, 2, 1,
-                      ["--set", "train.accumulate=1", "--set", "data.crop_seconds=1.0"]))
+                      True, ["--set", "train.accumulate=1", "--set", "data.crop_seconds=1.0"]))
     print(f"{os.cpu_count()} CPU cores; 'threads' = torch threads per process (torchrun sets 1 per process)")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        print(f"{'network':14s} {'procs':>5s} {'threads':>7s} {'global batch':>12s} {'s/step':>8s} {'samples/s':>10s} "
-              f"{'ratio':>7s} {'vs 1p1t':>8s}")
-        for name, config, sr, steps, warmup, batch, extra in cases:
+        print(f"{'network':22s} {'procs':>5s} {'threads':>7s} {'global batch':>12s} {'s/step':>8s} {'samples/s':>10s} "
+              f"{'ratio':>7s} {'vs 1p1t':>8s} {'vs tiny-cpu':>11s}")
+        reference = {}  # (procs, threads) -> samples/s of tiny-cpu
+        for name, config, sr, steps, warmup, batch, with_noise, extra in cases:
             extra = [*extra, "--set", f"train.batch_size={batch}", "--set", "train.num_workers=1"]
             clean, noise = make_corpus(work / name, sr)
+            noise = noise if with_noise else None
             # 'ratio': against the plain 1-process run (torch uses every core), measured first.
             # 'vs 1p1t': against one process with one thread, the per-process setting torchrun uses.
             base = base_1t = None
@@ -108,9 +132,13 @@ def main() -> int:
                 if threads == 1:
                     base_1t = base_1t or sps
                 vs_1t = f"{sps / base_1t:7.2f}x" if base_1t else f"{'-':>8s}"
+                if name == "tiny-cpu":
+                    reference[procs, threads] = sps
+                ref = reference.get((procs, threads)) if name in TINY_NAMES else None
+                vs_ref = f"{sps / ref:10.2f}x" if ref else f"{'-':>11s}"
                 shown = str(threads or os.cpu_count())
-                print(f"{name:14s} {procs:5d} {shown:>7s} {batch * procs:12d} {sec:8.3f} {sps:10.2f} {sps / base:7.2f}x "
-                      f"{vs_1t}   (run took {time.perf_counter() - t0:.0f} s)", flush=True)
+                print(f"{name:22s} {procs:5d} {shown:>7s} {batch * procs:12d} {sec:8.3f} {sps:10.2f} "
+                      f"{sps / base:7.2f}x {vs_1t} {vs_ref}   (run took {time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.2f} (other work on the machine skews the figures)")
     return 0
 
