@@ -117,6 +117,17 @@ def train_inprocess(run_dir: Path, sets: list[str], *, data=None, resume_from: P
     return InProcessRun(trainer.fit(checkpointer), trainer, checkpointer)
 
 
+def truncate_run(source: Path, dest: Path, k: int) -> Path:
+    """A copy of run ``source`` as it was when it stopped at step k: checkpoints <= k, log records <= k."""
+    shutil.copytree(source, dest)
+    for d in (dest / "checkpoints").iterdir():
+        if int(d.name.split("-")[1]) > k:
+            shutil.rmtree(d)
+    lines = (dest / "log.jsonl").read_text().splitlines()
+    (dest / "log.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= k))
+    return dest
+
+
 def reseal(step_dir: Path) -> None:
     """Recompute the manifest of an edited checkpoint: a forgery (or a buggy writer) that verifies."""
     import hashlib

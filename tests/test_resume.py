@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from faultinject import (
+    truncate_run,
     RECIPE,
     compare_runs,
     final_checkpoint,
@@ -62,18 +62,6 @@ def straight(corpus, tmp_path_factory):
     return run_dir
 
 
-def _truncate(source: Path, dest: Path, k: int) -> Path:
-    """A copy of run ``source`` as it was when it stopped at step k: checkpoints <= k, log records <= k."""
-    shutil.copytree(source, dest)
-    for d in (dest / "checkpoints").iterdir():
-        if int(d.name.split("-")[1]) > k:
-            shutil.rmtree(d)
-    lines = (dest / "log.jsonl").read_text().splitlines()
-    kept = [line for line in lines if json.loads(line)["step"] <= k]
-    (dest / "log.jsonl").write_text("".join(line + "\n" for line in kept))
-    return dest
-
-
 def test_straight_run_crosses_plateau_and_early_stop(straight):
     valid = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     valid = [r for r in valid if r["event"] == "valid"]
@@ -86,7 +74,7 @@ def test_straight_run_crosses_plateau_and_early_stop(straight):
 # after the plateau at 9, 11 just before the early stop at 12 (the SIGTERM test adds one more k).
 @pytest.mark.parametrize("k", [2, 5, 7, 10, 11])
 def test_resume_at_step_k_is_bit_identical(k, straight, corpus, tmp_path):
-    resumed = _truncate(straight, tmp_path / "run", k)
+    resumed = truncate_run(straight, tmp_path / "run", k)
     result = train_inprocess(resumed, overrides(corpus, 15, STRAIGHT))
     assert result.reason == "early_stop" and result.checkpointer.restored.step == k
     assert compare_runs(straight, resumed) == []
@@ -153,7 +141,7 @@ def ddp_straight(corpus, tmp_path_factory):
 
 
 def test_ddp_resume_is_bit_identical(ddp_straight, corpus, tmp_path):
-    run_dir = _truncate(ddp_straight / "run", tmp_path / "run", 3)  # mid-epoch 1, after the validation at 3
+    run_dir = truncate_run(ddp_straight / "run", tmp_path / "run", 3)  # mid-epoch 1, after the validation at 3
     _torchrun(tmp_path / "record", run_dir, overrides(corpus, 6, DDP))
     assert compare_runs(ddp_straight / "run", run_dir) == []
     state = load_checkpoint(final_checkpoint(run_dir)).state
@@ -163,7 +151,7 @@ def test_ddp_resume_is_bit_identical(ddp_straight, corpus, tmp_path):
 
 def test_world_size_2_to_1_skips_and_repeats_no_example(ddp_straight, corpus, tmp_path):
     k = 3  # epoch 1, 4 of 8 examples consumed by 2 processes
-    run_dir = _truncate(ddp_straight / "run", tmp_path / "run", k)
+    run_dir = truncate_run(ddp_straight / "run", tmp_path / "run", k)
     order = [int(i) for i in epoch_permutation(8, SEED, 1)]
     # What the two processes trained on in epoch 1 up to step k: one global batch, rank 0 then rank 1.
     before = _first_batch_of_epoch(ddp_straight / "record", 0, 1) + _first_batch_of_epoch(ddp_straight / "record", 1, 1)
@@ -184,7 +172,7 @@ def test_world_size_2_to_1_skips_and_repeats_no_example(ddp_straight, corpus, tm
 
 def test_world_size_1_to_2_skips_and_repeats_no_example(straight, corpus, tmp_path):
     k = 6  # epoch 1, 4 of 8 examples consumed by 1 process (the rest splits evenly over 2 x 2)
-    run_dir = _truncate(straight, tmp_path / "run", k)
+    run_dir = truncate_run(straight, tmp_path / "run", k)
     before = recorded_examples(straight.parent / "record")
     _torchrun(tmp_path / "record", run_dir, overrides(corpus, 7, STRAIGHT))  # max_steps may change on resume
     after = recorded_examples(tmp_path / "record")

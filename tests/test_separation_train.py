@@ -9,14 +9,22 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from faultinject import REPO, compare_runs, final_checkpoint, make_talkers, overrides, train_inprocess, trial
+from faultinject import (
+    REPO,
+    compare_runs,
+    final_checkpoint,
+    make_talkers,
+    overrides,
+    train_inprocess,
+    trial,
+    truncate_run,
+)
 from steadyvoice.checkpoint.api import load_checkpoint
 
 RECIPE = REPO / "recipes" / "separation-tiny-cpu.yaml"
@@ -37,16 +45,6 @@ def straight(talkers, tmp_path_factory):
     return run_dir
 
 
-def _truncate(source: Path, dest: Path, k: int) -> Path:
-    shutil.copytree(source, dest)
-    for d in (dest / "checkpoints").iterdir():
-        if int(d.name.split("-")[1]) > k:
-            shutil.rmtree(d)
-    lines = (dest / "log.jsonl").read_text().splitlines()
-    (dest / "log.jsonl").write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= k))
-    return dest
-
-
 def test_validation_reports_si_sdr_improvement(straight):
     valid = [json.loads(ln) for ln in (straight / "log.jsonl").read_text().splitlines() if '"valid"' in ln]
     assert [v["step"] for v in valid] == [3, 6, 8]
@@ -59,7 +57,7 @@ def test_validation_reports_si_sdr_improvement(straight):
 
 @pytest.mark.parametrize("k", [2, 5])
 def test_resume_at_step_k_is_bit_identical(k, straight, talkers, tmp_path):
-    run_dir = _truncate(straight, tmp_path / "run", k)
+    run_dir = truncate_run(straight, tmp_path / "run", k)
     result = train_inprocess(run_dir, overrides(talkers, STEPS, KEEP_ALL), recipe=RECIPE)
     assert result.checkpointer.restored.step == k
     assert compare_runs(straight, run_dir) == []
@@ -85,7 +83,7 @@ def test_two_processes_resume_bit_identical(talkers, tmp_path):
 
     straight = tmp_path / "straight"
     torchrun(straight, 6)
-    resumed = _truncate(straight, tmp_path / "resumed", 3)
+    resumed = truncate_run(straight, tmp_path / "resumed", 3)
     torchrun(resumed, 6)
     assert compare_runs(straight, resumed) == []
     state = load_checkpoint(final_checkpoint(resumed)).state

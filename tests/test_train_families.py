@@ -8,14 +8,22 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from faultinject import REPO, compare_runs, final_checkpoint, make_data, overrides, train_inprocess, trial
+from faultinject import (
+    REPO,
+    compare_runs,
+    final_checkpoint,
+    make_data,
+    overrides,
+    train_inprocess,
+    trial,
+    truncate_run,
+)
 from steadyvoice.checkpoint.api import inspect_checkpoint, load_checkpoint
 
 RECIPES = {"frcrn": REPO / "recipes" / "frcrn-tiny-cpu.yaml", "gan": REPO / "recipes" / "mossformergan-tiny-cpu.yaml"}
@@ -39,19 +47,9 @@ def straight(corpus, tmp_path_factory):
     return runs
 
 
-def _truncate(source: Path, dest: Path, k: int) -> Path:
-    shutil.copytree(source, dest)
-    for d in (dest / "checkpoints").iterdir():
-        if int(d.name.split("-")[1]) > k:
-            shutil.rmtree(d)
-    lines = (dest / "log.jsonl").read_text().splitlines()
-    (dest / "log.jsonl").write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= k))
-    return dest
-
-
 @pytest.mark.parametrize("family", list(RECIPES))
 def test_resume_at_step_k_is_bit_identical(family, straight, corpus, tmp_path):
-    run_dir = _truncate(straight[family], tmp_path / "run", 2)
+    run_dir = truncate_run(straight[family], tmp_path / "run", 2)
     result = train_inprocess(run_dir, overrides(corpus, STEPS, SMALL), recipe=RECIPES[family])
     assert result.checkpointer.restored.step == 2
     assert compare_runs(straight[family], run_dir) == []
@@ -101,7 +99,7 @@ def test_two_processes_resume_bit_identical(family, corpus, tmp_path):
 
     straight = tmp_path / "straight"
     torchrun(straight, 4)
-    resumed = _truncate(straight, tmp_path / "resumed", 2)
+    resumed = truncate_run(straight, tmp_path / "resumed", 2)
     torchrun(resumed, 4)
     assert compare_runs(straight, resumed) == []
     assert load_checkpoint(final_checkpoint(resumed)).state["world_size"] == 2

@@ -83,69 +83,67 @@ def run(args) -> int:
         return _run_separation(args)
     metrics = parse_metrics(args.metrics or list(METRICS))
     _check_outputs(args)
-    progress = tqdm(unit=" files", file=sys.stderr, disable=None, leave=False)  # only on a terminal
-
-    def on_row(row: dict) -> None:
-        for note in row["notes"]:
-            progress.write(f"note: {row['file']}: {note}", file=sys.stderr)
-        if row["status"] != "ok":
-            progress.write(f"error: {row['error']}", file=sys.stderr)
-        progress.update(1)
-
-    with progress:
+    with _Progress(" files") as progress:
         result = score_directories(
             args.reference, args.estimate, args.noisy, metrics, jobs=args.jobs,
-            length_tolerance=args.length_tolerance, personalized_dnsmos=args.personalized_dnsmos, on_row=on_row,
+            length_tolerance=args.length_tolerance, personalized_dnsmos=args.personalized_dnsmos, on_row=progress.row,
         )
     print(format_table(result.summary))
-    if args.csv:
-        write_csv(args.csv, result)
-        print(f"wrote {args.csv}")
-    if args.json:
-        write_json(args.json, result.summary)
-        print(f"wrote {args.json}")
-    if args.plot:
-        from steadyvoice.eval.plot import plot_scores
-
-        plot_scores(args.plot, result.rows, result.columns, has_noisy=result.has_noisy)
-        print(f"wrote {args.plot}")
+    _write_outputs(args, lambda: write_csv(args.csv, result), result.summary, lambda plot_scores: plot_scores(
+        args.plot, result.rows, result.columns, has_noisy=result.has_noisy))
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def _run_separation(args) -> int:
     metrics = parse_metrics(["si_sdr", *(args.metrics or [])])
     _check_outputs(args)
-    progress = tqdm(unit=" mixtures", file=sys.stderr, disable=None, leave=False)  # only on a terminal
-
-    def on_row(row: dict) -> None:
-        for note in row["notes"]:
-            progress.write(f"note: {row['file']}: {note}", file=sys.stderr)
-        if row["status"] != "ok":
-            progress.write(f"error: {row['error']}", file=sys.stderr)
-        progress.update(1)
-
-    with progress:
+    with _Progress(" mixtures") as progress:
         result = score_separation(
             args.reference, args.estimate, args.noisy, metrics, jobs=args.jobs,
-            length_tolerance=args.length_tolerance, personalized_dnsmos=args.personalized_dnsmos, on_row=on_row,
+            length_tolerance=args.length_tolerance, personalized_dnsmos=args.personalized_dnsmos, on_row=progress.row,
         )
     print(format_separation_table(result.summary))
+    # One point per mixture (the mean over its talkers); the mixture plays the noisy input's part.
+    rows = [{"status": row["status"], "estimate": row.get("estimate"), "noisy": row.get("mixture")} for row in result.rows]
+    _write_outputs(args, lambda: write_separation_csv(args.csv, result), result.summary, lambda plot_scores: plot_scores(
+        args.plot, rows, result.columns, has_noisy=result.has_mixture, noisy_label="mixture",
+        title=f"per-mixture scores ({len(result.rows) - len(result.failed)} mixtures)"))
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+class _Progress:
+    """A progress bar on a terminal (nothing otherwise) that also prints each row's notes and errors."""
+
+    def __init__(self, unit: str):
+        self.bar = tqdm(unit=unit, file=sys.stderr, disable=None, leave=False)
+
+    def row(self, row: dict) -> None:
+        for note in row["notes"]:
+            self.bar.write(f"note: {row['file']}: {note}", file=sys.stderr)
+        if row["status"] != "ok":
+            self.bar.write(f"error: {row['error']}", file=sys.stderr)
+        self.bar.update(1)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _write_outputs(args, write_csv_file, summary: dict, plot) -> None:
+    """--csv, --json and --plot, each announced on stdout."""
     if args.csv:
-        write_separation_csv(args.csv, result)
+        write_csv_file()
         print(f"wrote {args.csv}")
     if args.json:
-        write_json(args.json, result.summary)
+        write_json(args.json, summary)
         print(f"wrote {args.json}")
     if args.plot:
         from steadyvoice.eval.plot import plot_scores
 
-        # One point per mixture (the mean over its talkers); the mixture plays the noisy input's part.
-        rows = [{"status": row["status"], "estimate": row["estimate"], "noisy": row.get("mixture")}
-                for row in result.rows]
-        plot_scores(args.plot, rows, result.columns, has_noisy=result.has_mixture, noisy_label="mixture",
-                    title=f"per-mixture scores ({len(result.rows) - len(result.failed)} mixtures)")
+        plot(plot_scores)
         print(f"wrote {args.plot}")
-    return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def _check_outputs(args) -> None:
