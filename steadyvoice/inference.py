@@ -255,6 +255,27 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+def pass_count(frames: int, sample_rate: int, model_rate: int, one_pass_max: int, plan: WindowPlan) -> int:
+    """How many model passes one channel of ``frames`` samples at ``sample_rate`` takes (one, or one per window)."""
+    model_frames = math.floor(frames * model_rate / sample_rate + 0.5)  # soxr's output length
+    if model_frames <= one_pass_max:
+        return 1
+    return len(plan.starts(model_frames))
+
+
+def progress_steps(progress: ProgressCallback | None, total: int) -> Callable[[], None]:
+    """A function to call after each model pass; it reports (done, total) to ``progress``."""
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return step
+
+
 # ---------------------------------------------------------------------------------------------------
 # Finding a model
 # ---------------------------------------------------------------------------------------------------
@@ -376,23 +397,12 @@ class Enhancer:
 
     def window_count(self, frames: int, sample_rate: int) -> int:
         """How many model passes one channel of ``frames`` samples at ``sample_rate`` takes."""
-        model_frames = math.floor(frames * self.sample_rate / sample_rate + 0.5)  # soxr's output length
-        if model_frames <= self.one_pass_max:
-            return 1
-        return len(self.plan.starts(model_frames))
+        return pass_count(frames, sample_rate, self.sample_rate, self.one_pass_max, self.plan)
 
     def _enhance(self, audio, sample_rate, progress, name: str, from_file: bool) -> np.ndarray:
         frames_by_channels = _as_frames_by_channels(audio, sample_rate, name, from_file)  # (N, C)
         frames, channels = frames_by_channels.shape
-        total = channels * self.window_count(frames, sample_rate)
-        done = 0
-
-        def step():
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
+        step = progress_steps(progress, channels * self.window_count(frames, sample_rate))
         out = np.empty_like(frames_by_channels)  # (N, C)
         for c in range(channels):
             out[:, c] = self._enhance_channel(frames_by_channels[:, c], int(sample_rate), step)

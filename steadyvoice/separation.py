@@ -32,7 +32,6 @@ Inference is deterministic: eval mode, ``torch.no_grad``, windows and channels i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,8 +41,8 @@ import torch
 from steadyvoice import audio as audio_io
 from steadyvoice.errors import AudioError, ModelError
 from steadyvoice.inference import (MAX_CHANNELS, WEIGHTS_DIR, ProgressCallback, _as_frames_by_channels,
-                                   _check_sample_rate, _model_dir_for, crossfade_weights, plan_windows,
-                                   resolve_device)
+                                   _check_sample_rate, _model_dir_for, crossfade_weights, pass_count, plan_windows,
+                                   progress_steps, resolve_device)
 from steadyvoice.models import is_model_dir
 
 __all__ = ["Separator", "best_permutation", "talker_paths", "NO_SHIPPED_MODEL"]
@@ -155,22 +154,12 @@ class Separator:
 
     def window_count(self, frames: int, sample_rate: int) -> int:
         """How many windows a recording of ``frames`` samples at ``sample_rate`` takes (per channel)."""
-        model_frames = math.floor(frames * self.sample_rate / sample_rate + 0.5)  # soxr's output length
-        if model_frames <= self.one_pass_max:
-            return 1
-        return len(self.plan.starts(model_frames))
+        return pass_count(frames, sample_rate, self.sample_rate, self.one_pass_max, self.plan)
 
     def _separate(self, audio, sample_rate, progress, name: str, from_file: bool) -> np.ndarray:
         frames_by_channels = _as_frames_by_channels(audio, sample_rate, name, from_file)  # (N, C)
         frames, channels = frames_by_channels.shape
-        total = channels * self.window_count(frames, sample_rate)
-        done = 0
-
-        def step():
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
+        step = progress_steps(progress, channels * self.window_count(frames, sample_rate))
 
         at_model_rate = audio_io.resample(frames_by_channels, int(sample_rate), self.sample_rate)  # (M, C)
         talkers = self._separate_at_model_rate(at_model_rate, step)  # (S, M, C)
