@@ -31,7 +31,9 @@ def register(subparsers) -> None:
                     help="sample rate the model was trained at (not stored in the weights; default: the official "
                          "model's, e.g. 48000 for MossFormer2_SE_48K)")
     cv.add_argument("--hop-length", type=int, default=None,
-                    help="STFT hop in samples (not stored in the weights; default win_length/5, 384 at 48 kHz)")
+                    help="frame hop in samples (not stored in the weights; default: the official model's: "
+                         "MossFormer2_SE win_length/5 (384 at 48 kHz), FRCRN 320, MossFormerGAN 100; "
+                         "MossFormer2_SS: its encoder stride, 8)")
     cv.add_argument("--overwrite", action="store_true",
                     help="write into DEST even if it is a non-empty directory that is not a SteadyVoice model")
     cv.set_defaults(func=run)
