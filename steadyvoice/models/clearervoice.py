@@ -119,15 +119,22 @@ def _mapping_rules() -> list[tuple[str, str | None, str]]:
 
 
 def _template_regex(template: str) -> re.Pattern:
-    return re.compile(re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)"))
+    """A key template with a layer index {i} (and a sub-layer index {j}) -> the regex that matches its keys."""
+    pattern = re.escape(template)
+    for name in ("i", "j"):
+        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
+    return re.compile(pattern)
 
 
 _RULES = [(_template_regex(OFFICIAL_PREFIX + theirs), _template_regex(ours) if ours else None,
            OFFICIAL_PREFIX + theirs, ours, kind) for theirs, ours, kind in _mapping_rules()]
 
 
-def _fill(template: str, match: re.Match) -> str:
-    return template.replace("{i}", match.group("i")) if "{i}" in template else template
+def _fill(template: str, match: re.Match, j_offset: int = 0) -> str:
+    """The key ``template`` with the layer index {i} (and the sub-layer index {j}, shifted) of ``match``."""
+    groups = match.groupdict()
+    out = template.replace("{i}", groups["i"]) if "i" in groups else template
+    return out.replace("{j}", str(int(groups["j"]) + j_offset)) if "j" in groups else out
 
 
 # ---- reading ------------------------------------------------------------------------------------------
@@ -290,16 +297,27 @@ def official_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _map_official(sd: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
     """our key -> (their key, our tensor)."""
+    return map_official_keys(sd, _RULES, f"ClearerVoice's MossFormer2_SE network (keys start with '{OFFICIAL_PREFIX}')",
+                             "a MossFormer2_SE_48K checkpoint")
+
+
+def map_official_keys(sd: dict[str, torch.Tensor], rules: list, network: str, expected: str,
+                      j_offset: int = 0) -> dict[str, tuple[str, torch.Tensor]]:
+    """Their state_dict -> {our key: (their key, our tensor)} by ``rules`` (shared by the MossFormer2 families).
+
+    Fixed tables (rotary frequencies, position tables) are checked against what we compute, then dropped;
+    the rotary table must be the same width in every layer (theirs is one shared table). ``j_offset`` shifts
+    a sub-layer index {j} (theirs may count from 1).
+    """
     out: dict[str, tuple[str, torch.Tensor]] = {}
     rotary_widths: set[int] = set()
     for key, value in strip_wrapper_prefixes(sd).items():
-        for their_re, _, _, ours, kind in _RULES:
+        for their_re, _, _, ours, kind in rules:
             match = their_re.fullmatch(key)
             if match:
                 break
         else:
-            raise CheckpointError(f"unexpected key '{key}': not part of ClearerVoice's MossFormer2_SE network "
-                                  f"(keys start with '{OFFICIAL_PREFIX}'); is this a MossFormer2_SE_48K checkpoint?")
+            raise CheckpointError(f"unexpected key '{key}': not part of {network}; is this {expected}?")
         if kind == _FIXED:
             _check_fixed_table(key, value)
             if key.endswith("rotary_pos_emb.freqs"):
@@ -308,7 +326,23 @@ def _map_official(sd: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Ten
                     raise CheckpointError(f"'{key}' has {value.numel()} rotary frequencies, other layers "
                                           f"{min(rotary_widths - {value.numel()})}; the layers must share one table")
             continue
-        out[_fill(ours, match)] = (key, _to_ours(key, value, kind))
+        if "j" in match.groupdict() and int(match.group("j")) + j_offset < 0:
+            raise CheckpointError(f"unexpected key '{key}': their sub-layers are numbered from {-j_offset}")
+        out[_fill(ours, match, j_offset)] = (key, _to_ours(key, value, kind))
+    return out
+
+
+def map_our_keys(sd: dict[str, torch.Tensor], rules: list, what: str, j_offset: int = 0) -> dict[str, torch.Tensor]:
+    """Our state_dict -> theirs by ``rules`` (without the fixed tables, which the caller adds)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        for _, our_re, theirs, _, kind in rules:
+            match = our_re.fullmatch(key) if our_re is not None else None
+            if match:
+                break
+        else:
+            raise CheckpointError(f"unexpected key '{key}': not a SteadyVoice {what} weight")
+        out[_fill(theirs, match, -j_offset)] = _to_official(value, kind)
     return out
 
 
@@ -317,15 +351,7 @@ def ours_to_official(sd: dict[str, torch.Tensor], cfg: MossFormer2SEConfig | Non
 
     ``cfg`` gives the rotary width; without it the official rule min(32, query_key_dim) is used.
     """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        for _, our_re, theirs, _, kind in _RULES:
-            match = our_re.fullmatch(key) if our_re is not None else None
-            if match:
-                break
-        else:
-            raise CheckpointError(f"unexpected key '{key}': not a SteadyVoice MossFormer2SE weight")
-        out[_fill(theirs, match)] = _to_official(value, kind)
+    out = map_our_keys(sd, _RULES, "MossFormer2SE")
     if "encoder.weight" not in sd or "blocks.0.attention.qk_proj.linear.weight" not in sd:
         raise CheckpointError("cannot add the fixed tables: 'encoder.weight' or "
                               "'blocks.0.attention.qk_proj.linear.weight' is missing")

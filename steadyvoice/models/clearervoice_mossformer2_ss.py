@@ -26,8 +26,8 @@ import torch
 
 from steadyvoice.config import from_dict
 from steadyvoice.errors import CheckpointError, ConfigError
-from steadyvoice.models.clearervoice import (_CONV1X1, _CONV2D_COLUMN, _FFCONV, _FIXED, _SAME, _check_fixed_table,
-                                             _to_official, _to_ours, strip_wrapper_prefixes)
+from steadyvoice.models.clearervoice import (_CONV1X1, _CONV2D_COLUMN, _FFCONV, _FIXED, _SAME, _template_regex,
+                                             map_official_keys, map_our_keys, strip_wrapper_prefixes)
 from steadyvoice.models.mossformer2 import rotary_freqs, sinusoidal_inv_freq
 from steadyvoice.models.mossformer2_ss import MossFormer2SS, MossFormer2SSConfig
 
@@ -96,19 +96,6 @@ def _mapping_rules() -> list[tuple[str, str | None, str]]:
     return rules
 
 
-def _template_regex(template: str) -> re.Pattern:
-    pattern = re.escape(template)
-    for name in ("i", "j"):
-        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
-    return re.compile(pattern)
-
-
-def _fill(template: str, match: re.Match, j_offset: int) -> str:
-    groups = match.groupdict()
-    out = template.replace("{i}", groups["i"]) if "i" in groups else template
-    return out.replace("{j}", str(int(groups["j"]) + j_offset)) if "j" in groups else out
-
-
 _RULES = [(_template_regex(theirs), _template_regex(ours) if ours else None, theirs, ours, kind)
           for theirs, ours, kind in _mapping_rules()]
 
@@ -127,42 +114,14 @@ def official_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _map_official(sd: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
-    """our key -> (their key, our tensor)."""
-    out: dict[str, tuple[str, torch.Tensor]] = {}
-    rotary_widths: set[int] = set()
-    for key, value in strip_wrapper_prefixes(sd).items():
-        for their_re, _, _, ours, kind in _RULES:
-            match = their_re.fullmatch(key)
-            if match:
-                break
-        else:
-            raise CheckpointError(f"unexpected key '{key}': not part of ClearerVoice's MossFormer2_SS network; "
-                                  "is this a MossFormer2_SS_16K checkpoint?")
-        if kind == _FIXED:
-            _check_fixed_table(key, value)
-            if key.endswith("rotary_pos_emb.freqs"):
-                rotary_widths.add(value.numel())
-                if len(rotary_widths) > 1:  # theirs is one table shared by every layer
-                    raise CheckpointError(f"'{key}' has {value.numel()} rotary frequencies, other layers "
-                                          f"{min(rotary_widths - {value.numel()})}; the layers must share one table")
-            continue
-        if "j" in match.groupdict() and int(match.group("j")) < 1:
-            raise CheckpointError(f"unexpected key '{key}': their memory layers are numbered from 1")
-        out[_fill(ours, match, -1)] = (key, _to_ours(key, value, kind))
-    return out
+    """our key -> (their key, our tensor); their memory layers count from 1, ours from 0."""
+    return map_official_keys(sd, _RULES, "ClearerVoice's MossFormer2_SS network", "a MossFormer2_SS_16K checkpoint",
+                             j_offset=-1)
 
 
 def ours_to_official(sd: dict[str, torch.Tensor], cfg: MossFormer2SSConfig) -> dict[str, torch.Tensor]:
     """Our state_dict -> theirs (``enc.``, ``mask_net.``, ``dec.``), adding the fixed tables they store."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        for _, our_re, theirs, _, kind in _RULES:
-            match = our_re.fullmatch(key) if our_re is not None else None
-            if match:
-                break
-        else:
-            raise CheckpointError(f"unexpected key '{key}': not a SteadyVoice MossFormer2SS weight")
-        out[_fill(theirs, match, +1)] = _to_official(value, kind)
+    out = map_our_keys(sd, _RULES, "MossFormer2SS", j_offset=-1)
     for i in range(cfg.num_blocks):
         out[_LAYER.format(i=i) + "rotary_pos_emb.freqs"] = rotary_freqs(cfg.rotary_dim)
     if cfg.use_global_pos_enc:
