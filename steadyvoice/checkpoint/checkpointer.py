@@ -159,6 +159,7 @@ class Checkpointer:
             raise CheckpointError(f"{path}: the checkpoint holds state this trainer does not have: "
                                   f"{', '.join(repr(n) for n in extra)} (another kind of model or trainer?)")
         self._rng_note = "own"
+        optimizer_states = {}
         for name, part in parts.items():
             kind = kind_of(part)
             if saved[name]["kind"] != kind:
@@ -167,20 +168,22 @@ class Checkpointer:
                 self._rng_note = "derived"
             state = content.part_state(name, self.dist.rank, self.dist.world_size)
             _load_part(part, state, str(path / saved[name].get("file", STATE_FILE)) + f" (part '{name}')")
-        self._check_learning_rates(parts, content)
+            if kind == "optimizer":
+                optimizer_states[name] = state
+        self._check_learning_rates(parts, optimizer_states, content.path)
         return content
 
-    def _check_learning_rates(self, parts: Parts, content: Content) -> None:
+    def _check_learning_rates(self, parts: Parts, optimizer_states: dict[str, dict], path: Path) -> None:
         """No part loaded after an optimizer may have changed its learning rates (the checkpoint would
         contradict itself: e.g. a schedule state that does not produce the lr the optimizer was saved with)."""
-        for name, part in parts.items():
-            if not isinstance(part, OptimizerState) or part.repaired:
+        for name, state in optimizer_states.items():
+            part = parts[name]
+            if part.repaired:
                 continue
-            saved = content.part_state(name)["param_groups"]
-            for g, (want, group) in enumerate(zip(saved, part.optimizer.param_groups)):
+            for g, (want, group) in enumerate(zip(state["param_groups"], part.optimizer.param_groups)):
                 if want.get("lr") != group.get("lr"):
                     raise CheckpointError(
-                        f"{content.path}: after loading, param group {g} of '{name}' has lr={group.get('lr')!r} but "
+                        f"{path}: after loading, param group {g} of '{name}' has lr={group.get('lr')!r} but "
                         f"the checkpoint saved lr={want.get('lr')!r}: its parts disagree (the schedule state does not "
                         "produce the saved learning rate), so the checkpoint cannot be trusted")
 

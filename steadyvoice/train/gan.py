@@ -36,6 +36,7 @@ import torch
 from steadyvoice.checkpoint.parts import ModelState, OptimizerState
 from steadyvoice.distributed import DistContext, wrap_model
 from steadyvoice.train.config import TrainConfig
+from steadyvoice.train.optim import decay_groups
 from steadyvoice.train.schedule import LRSchedule, StepCounter
 
 log = logging.getLogger("steadyvoice")
@@ -63,13 +64,8 @@ class MetricGAN:
         self.dist = dist
         self.disc = MetricDiscriminator(cfg.gan.resolve()).to(dist.device)
         self.net = wrap_model(self.disc, dist)  # DDP when W > 1: D's gradients are averaged over ranks
-        decay = [(n, p) for n, p in self.disc.named_parameters() if p.ndim >= 2]
-        no_decay = [(n, p) for n, p in self.disc.named_parameters() if p.ndim < 2]
-        self.names = [n for n, _ in decay] + [n for n, _ in no_decay]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": [p for _, p in decay], "weight_decay": self.cfg.weight_decay, "name": "decay"},
-             {"params": [p for _, p in no_decay], "weight_decay": 0.0, "name": "no_decay"}],
-            lr=self.cfg.lr, betas=tuple(self.cfg.betas), foreach=False)
+        groups, self.names = decay_groups(self.disc, self.cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas), foreach=False)
         cosine = cfg.schedule.kind == "cosine"
         self.schedule = LRSchedule(self.optimizer, progress, cfg.schedule.warmup_steps,
                                    decay_steps=cfg.schedule.decay_steps if cosine else 0,

@@ -43,10 +43,11 @@ from steadyvoice.errors import ConfigError, DataError
 from steadyvoice.models import architecture_of, build_model, count_parameters
 from steadyvoice.train.config import TrainConfig
 from steadyvoice.distributed import DistContext, die_with_parent, wrap_model
+from steadyvoice.train.gan import MetricGAN
 from steadyvoice.train.logging import RunLogger
 from steadyvoice.train.losses import si_sdr
-from steadyvoice.train.gan import MetricGAN
 from steadyvoice.train.objectives import MossFormerGANObjective, check_gan_section, objective_for
+from steadyvoice.train.optim import decay_groups
 from steadyvoice.train.schedule import EarlyStopping, LRSchedule
 
 log = logging.getLogger("steadyvoice")
@@ -264,13 +265,7 @@ class Trainer:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """Two groups: weight matrices (weight decay) and 1-D parameters (biases, norm gains: no decay)."""
         o = self.config.optim
-        decay = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and p.ndim < 2]
-        groups = [
-            {"params": [p for _, p in decay], "weight_decay": o.weight_decay, "name": "decay"},
-            {"params": [p for _, p in no_decay], "weight_decay": 0.0, "name": "no_decay"},
-        ]
-        self._param_names = [n for n, _ in decay] + [n for n, _ in no_decay]
+        groups, self._param_names = decay_groups(self.model, o.weight_decay)
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
         return cls(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=False)
 
