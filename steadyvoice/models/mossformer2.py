@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MossFormer2SEConfig", "MossFormer2SE", "sinusoidal_inv_freq", "rotary_freqs"]
+__all__ = ["MossFormer2SEConfig", "MossFormer2SE", "check_mask_net_fields", "sinusoidal_inv_freq", "rotary_freqs"]
 
 
 @dataclass(frozen=True)
@@ -85,23 +85,7 @@ class MossFormer2SEConfig:
             raise ValueError(f"n_mels must be larger than 3 (Kaldi's minimum), got {self.n_mels}")
         if not 0.0 <= self.fmin < self.sample_rate / 2:
             raise ValueError(f"fmin must be in [0, sample_rate/2 = {self.sample_rate / 2:g}) Hz, got {self.fmin}")
-        if self.model_dim % 2:
-            raise ValueError(f"model_dim must be even (sine/cosine position halves, token shift), got {self.model_dim}")
-        hidden = self.model_dim * self.expansion_factor
-        if hidden != int(hidden) or int(hidden) % 2 or hidden <= 0:
-            raise ValueError(f"model_dim * expansion_factor must be a positive even integer, got {hidden:g}")
-        if self.rotary_dim % 2 or self.rotary_dim > self.query_key_dim:
-            raise ValueError(f"rotary_dim must be even and at most query_key_dim ({self.query_key_dim}), "
-                             f"got {self.rotary_dim}")
-        if self.conv_kernel % 2 == 0:
-            raise ValueError(f"conv_kernel must be odd (same-length padding), got {self.conv_kernel}")
-        for name in ("attn_dropout", "fsmn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.norm != "ln":
-            raise ValueError(f"norm {self.norm!r} is not supported; use 'ln' (GroupNorm(1, C), the official choice)")
-        if self.norm_type not in ("scalenorm", "layernorm"):
-            raise ValueError(f"norm_type must be 'scalenorm' or 'layernorm', got {self.norm_type!r}")
+        check_mask_net_fields(self)
 
     @property
     def n_freqs(self) -> int:
@@ -116,6 +100,27 @@ class MossFormer2SEConfig:
     @property
     def hidden_dim(self) -> int:
         return int(self.model_dim * self.expansion_factor)
+
+
+def check_mask_net_fields(cfg) -> None:
+    """The checks on the MossFormer2 mask-net fields every MossFormer2 config shares (enhancement, separation)."""
+    if cfg.model_dim % 2:
+        raise ValueError(f"model_dim must be even (sine/cosine position halves, token shift), got {cfg.model_dim}")
+    hidden = cfg.model_dim * cfg.expansion_factor
+    if hidden != int(hidden) or int(hidden) % 2 or hidden <= 0:
+        raise ValueError(f"model_dim * expansion_factor must be a positive even integer, got {hidden:g}")
+    if cfg.rotary_dim % 2 or cfg.rotary_dim > cfg.query_key_dim:
+        raise ValueError(f"rotary_dim must be even and at most query_key_dim ({cfg.query_key_dim}), "
+                         f"got {cfg.rotary_dim}")
+    if cfg.conv_kernel % 2 == 0:
+        raise ValueError(f"conv_kernel must be odd (same-length padding), got {cfg.conv_kernel}")
+    for name in ("attn_dropout", "fsmn_dropout"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.norm != "ln":
+        raise ValueError(f"norm {cfg.norm!r} is not supported; use 'ln' (GroupNorm(1, C), the official choice)")
+    if cfg.norm_type not in ("scalenorm", "layernorm"):
+        raise ValueError(f"norm_type must be 'scalenorm' or 'layernorm', got {cfg.norm_type!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------

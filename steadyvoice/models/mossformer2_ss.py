@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadyvoice.models.mossformer2 import MossFormerBlock, RotaryPosition, ScaledSinusoidalPosition
+from steadyvoice.models.mossformer2 import (MossFormerBlock, RotaryPosition, ScaledSinusoidalPosition,
+                                            check_mask_net_fields)
 
 __all__ = ["MossFormer2SSConfig", "MossFormer2SS", "DilatedDenseMemory"]
 
@@ -81,23 +82,7 @@ class MossFormer2SSConfig:
                              f"({self.encoder_kernel}): frames would skip samples")
         if self.num_spks < 2:
             raise ValueError(f"num_spks must be at least 2 (a separation model), got {self.num_spks}")
-        if self.model_dim % 2:
-            raise ValueError(f"model_dim must be even (sine/cosine position halves, token shift), got {self.model_dim}")
-        hidden = self.model_dim * self.expansion_factor
-        if hidden != int(hidden) or int(hidden) % 2 or hidden <= 0:
-            raise ValueError(f"model_dim * expansion_factor must be a positive even integer, got {hidden:g}")
-        if self.rotary_dim % 2 or self.rotary_dim > self.query_key_dim:
-            raise ValueError(f"rotary_dim must be even and at most query_key_dim ({self.query_key_dim}), "
-                             f"got {self.rotary_dim}")
-        if self.conv_kernel % 2 == 0:
-            raise ValueError(f"conv_kernel must be odd (same-length padding), got {self.conv_kernel}")
-        for name in ("attn_dropout", "fsmn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.norm != "ln":
-            raise ValueError(f"norm {self.norm!r} is not supported; use 'ln' (GroupNorm(1, C), the official choice)")
-        if self.norm_type not in ("scalenorm", "layernorm"):
-            raise ValueError(f"norm_type must be 'scalenorm' or 'layernorm', got {self.norm_type!r}")
+        check_mask_net_fields(self)
 
     # The frame grid long inputs are windowed on (every architecture's config has these two).
     @property
