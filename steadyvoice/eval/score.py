@@ -303,21 +303,27 @@ def _stats(values: list[float]) -> dict:
     return {"mean": float(a.mean()), "std": std, "count": int(a.size)}
 
 
-def format_table(summary: dict) -> str:
-    """The summary as a text table: metric, estimate mean ± std, noisy, improvement, count."""
-    has_noisy = "noisy" in summary
-    header = ["metric", "estimate"] + (["noisy", "improvement"] if has_noisy else []) + ["files"]
+def metric_table(summary: dict, baseline: str, count_label: str) -> list[str]:
+    """Text lines: metric, estimate mean ± std, then the ``baseline`` (noisy input, mixture) and the
+    improvement over it when the summary has one, then the count."""
+    has_baseline = baseline in summary
+    header = ["metric", "estimate"] + ([baseline, "improvement"] if has_baseline else []) + [count_label]
     lines = [header]
     for c in summary["columns"]:
         est = summary["estimate"][c]
         line = [c, _fmt(est)]
-        if has_noisy:
-            line += [_fmt(summary["noisy"][c]), _fmt(summary["improvement"][c], signed=True)]
+        if has_baseline:
+            line += [_fmt(summary[baseline][c]), _fmt(summary["improvement"][c], signed=True)]
         line.append(str(est["count"]))
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
             for row in lines]
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a text table: metric, estimate mean ± std, noisy, improvement, count."""
+    text = metric_table(summary, "noisy", "files")
     files = summary["files"]
     text.append(f"{files['scored']} of {files['total']} files scored" +
                 (f", {files['failed']} failed" if files["failed"] else ""))

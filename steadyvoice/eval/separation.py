@@ -39,7 +39,7 @@ from steadyvoice.errors import AudioError, DataError, SteadyVoiceError
 from steadyvoice.eval import score as _score
 from steadyvoice.eval.dnsmos import shared_dnsmos
 from steadyvoice.eval.metrics import REFERENCE_FREE, metric_columns, parse_metrics, score_pair, si_sdr
-from steadyvoice.eval.score import DEFAULT_LENGTH_TOLERANCE, _error_row, _fmt, _list_audio, _load_like, _stats
+from steadyvoice.eval.score import DEFAULT_LENGTH_TOLERANCE, _error_row, _fmt, _list_audio, _load_like, _stats, metric_table
 
 __all__ = [
     "SeparationResult", "best_order", "format_separation_table", "pit_si_sdr", "score_separation",
@@ -390,18 +390,7 @@ def summarize_separation(rows: list[dict], columns: list[str], *, has_mixture: b
 def format_separation_table(summary: dict) -> str:
     """metric, estimate mean ± std, mixture, improvement, count (over mixtures), then SI-SDRi."""
     has_mixture = "mixture" in summary
-    header = ["metric", "estimate"] + (["mixture", "improvement"] if has_mixture else []) + ["mixtures"]
-    lines = [header]
-    for c in summary["columns"]:
-        est = summary["estimate"][c]
-        line = [c, _fmt(est)]
-        if has_mixture:
-            line += [_fmt(summary["mixture"][c]), _fmt(summary["improvement"][c], signed=True)]
-        line.append(str(est["count"]))
-        lines.append(line)
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-            for row in lines]
+    text = metric_table(summary, "mixture", "mixtures")
     if has_mixture and summary["si_sdri"]["mean"] is not None:
         text.append(f"SI-SDRi (permutation-resolved, mean over talkers): {_fmt(summary['si_sdri'], signed=True)} dB")
     counts = summary["mixtures"]
