@@ -15,11 +15,12 @@ number of talkers than --speakers, an OUTDIR that cannot be created or written t
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from steadyvoice.batch import Job, check_output_dir, expand_inputs
 from steadyvoice.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from steadyvoice.cli.enhance import Job, _error, _expand, _summary, _WindowBar, check_output_dir
+from steadyvoice.cli.enhance import _error, _positive_int, _say, process_jobs
+from steadyvoice.cli.progress import summary
 from steadyvoice.errors import Problem, SteadyVoiceError
 
 
@@ -40,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--speakers", type=int, metavar="K",
                    help="talkers expected; a model that separates another number is refused")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
+                   help="recordings processed at once, on N threads sharing the model and the CPU cores (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo recordings whose outputs already exist")
     p.set_defaults(func=run)
 
@@ -56,9 +59,17 @@ def run(args) -> int:
     jobs, problems = collect_jobs(args.inputs, outdir, separator.speakers)
     for problem in problems:
         _error(problem)
-    done, skipped, failed = _separate_all(separator, jobs, overwrite=args.overwrite)
+    from steadyvoice.separation import talker_paths
+
+    done, skipped, failed = process_jobs(
+        jobs,
+        lambda job, progress: separator.separate_file(job.source, talker_paths(job.output, separator.speakers),
+                                                      progress=progress),
+        is_done=lambda job: all(p.exists() for p in talker_paths(job.output, separator.speakers)),
+        overwrite=args.overwrite, workers=args.jobs, desc="separate",
+    )
     failed += len(problems)
-    _summary(done, skipped, failed, verb="separated")
+    _say(summary(done, skipped, failed, verb="separated"))
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -83,12 +94,7 @@ def _load_separator(args):
 def collect_jobs(inputs: list[str], outdir: Path, speakers: int) -> tuple[list[Job], list[Problem]]:
     """Expand files, directories and lists as `enhance` does (Job.output: where `enhance` would write; the
     talker files are derived from it); anything unusable becomes a Problem."""
-    jobs: list[Job] = []
-    problems: list[Problem] = []
-    for item in inputs:
-        found, bad = _expand(Path(item), outdir)
-        jobs.extend(found)
-        problems.extend(bad)
+    jobs, problems = expand_inputs(inputs, outdir)
     jobs, clashes = _without_clashes(jobs, speakers)
     return jobs, problems + clashes
 
@@ -118,28 +124,3 @@ def _without_clashes(jobs: list[Job], speakers: int) -> tuple[list[Job], list[Pr
             else:
                 kept.append(job)
     return kept, problems
-
-
-def _separate_all(separator, jobs: list[Job], *, overwrite: bool) -> tuple[int, int, int]:
-    """Separate each job; returns (done, skipped, failed)."""
-    from tqdm import tqdm
-
-    from steadyvoice.separation import talker_paths
-
-    done = skipped = failed = 0
-    with tqdm(jobs, desc="separate", unit="file", file=sys.stderr, disable=None, dynamic_ncols=True) as files:
-        for job in files:
-            outputs = talker_paths(job.output, separator.speakers)
-            if not overwrite and all(p.exists() for p in outputs):
-                skipped += 1
-                continue
-            windows = _WindowBar(job.source.name)
-            try:
-                separator.separate_file(job.source, outputs, progress=windows)
-                done += 1
-            except SteadyVoiceError as exc:
-                failed += 1
-                _error(exc)
-            finally:
-                windows.close()
-    return done, skipped, failed
