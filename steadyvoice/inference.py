@@ -47,8 +47,10 @@ import numpy as np
 import torch
 
 from steadyvoice import audio as audio_io
+from steadyvoice import catalog
+from steadyvoice.devices import resolve_device  # noqa: F401  (re-exported: the one device resolver)
 from steadyvoice.errors import AudioError, ConfigError, ModelError
-from steadyvoice.models import MODEL_FILES, WEIGHTS_FILE, is_model_dir
+from steadyvoice.models import MODEL_FILES, WEIGHTS_FILE
 
 __all__ = [
     "Enhancer",
@@ -75,7 +77,7 @@ MAX_CHANNELS = 32
 # Name of the weights shipped with the package (steadyvoice/weights/<name>/): the default model, a 16 kHz
 # MossFormer2-SE trained by SteadyVoice with recipes/default-16k.yaml.
 DEFAULT_MODEL = "default"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = catalog.SHIPPED_DIR  # where shipped models live; names are looked up by steadyvoice.catalog
 
 # Per-architecture limits for long inputs (the others use the defaults above): MossFormerGAN attends over
 # the whole input along time (cost grows with the square of the length), so it decodes at most 10 s at
@@ -89,7 +91,8 @@ ProgressCallback = Callable[[int, int], None]
 
 _HOW_TO_GET_A_MODEL = (
     "pass a model directory (model.safetensors + config.json), e.g. one made by "
-    "`steadyvoice convert clearervoice SRC DEST` from an official checkpoint or by `steadyvoice ckpt export`"
+    "`steadyvoice convert clearervoice SRC DEST` from an official checkpoint or by `steadyvoice ckpt export`, "
+    "or the name of a model installed with `steadyvoice convert clearervoice SRC --name NAME`"
 )
 
 
@@ -239,22 +242,6 @@ def _check_sample_rate(sample_rate, name: str) -> None:
         )
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> torch.device, with a clear error when CUDA is missing."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ModelError(f"unknown device {device!r}; use cpu or cuda") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError(f"device {device!r}: CUDA is not available (no GPU, or a CPU-only torch); use cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ModelError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif resolved.type != "cpu":
-        raise ModelError(f"unsupported device {device!r}; use cpu or cuda")
-    return resolved
-
-
 def pass_count(frames: int, sample_rate: int, model_rate: int, one_pass_max: int, plan: WindowPlan) -> int:
     """How many model passes one channel of ``frames`` samples at ``sample_rate`` takes (one, or one per window)."""
     model_frames = math.floor(frames * model_rate / sample_rate + 0.5)  # soxr's output length
@@ -292,22 +279,9 @@ def _model_dir_for(name_or_dir: str | Path) -> Path:
             _check_model_dir(path.parent)
             return path.parent
         raise ModelError(f"{path}: is a file, not a model directory; {_hint_for_file(path)}")
-    name = str(name_or_dir)
-    shipped = WEIGHTS_DIR / name
-    if name == DEFAULT_MODEL or shipped.is_dir():
-        if is_model_dir(shipped):
-            return shipped
-        raise ModelError(
-            f"model '{name}': its weights are missing from this installation ({shipped}); reinstall "
-            f"SteadyVoice, or {_HOW_TO_GET_A_MODEL}"
-        )
-    from steadyvoice.models import CONFIGS
-
-    if name in CONFIGS:
-        raise ModelError(
-            f"model '{name}' is a network configuration without trained weights; {_HOW_TO_GET_A_MODEL}"
-        )
-    raise ModelError(f"{name}: no such model directory or model name; {_HOW_TO_GET_A_MODEL}")
+    model_dir = catalog.lookup(str(name_or_dir), how_to=_HOW_TO_GET_A_MODEL)  # a shipped or user model's name
+    _check_model_dir(model_dir)
+    return model_dir
 
 
 def _check_model_dir(path: Path) -> None:
@@ -379,7 +353,12 @@ class Enhancer:
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", **options) -> Enhancer:
-        """Load a model directory (model.safetensors + config.json) or a shipped model by name."""
+        """Load a model directory (model.safetensors + config.json) or a model by name: a shipped one, or one in
+        $STEADYVOICE_HOME/models (`steadyvoice models` lists them; see steadyvoice.catalog).
+
+        ``device``: auto, cpu, cuda, cuda:N or mps (steadyvoice.devices). The default stays ``"cpu"`` (the
+        command line's is ``auto``): a library call does not pick hardware behind its caller's back, and CPU
+        results are the same on every machine; pass ``device="auto"`` for CUDA, then MPS, then CPU."""
         from steadyvoice.models import load_pretrained
 
         model_dir = _model_dir_for(name_or_dir)

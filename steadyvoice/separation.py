@@ -40,10 +40,11 @@ import torch
 
 from steadyvoice import audio as audio_io
 from steadyvoice.errors import AudioError, ModelError
-from steadyvoice.inference import (MAX_CHANNELS, WEIGHTS_DIR, ProgressCallback, _as_frames_by_channels,
+from steadyvoice import catalog
+from steadyvoice.devices import resolve_device
+from steadyvoice.inference import (MAX_CHANNELS, ProgressCallback, _as_frames_by_channels, _check_model_dir,
                                    _check_sample_rate, _model_dir_for, crossfade_weights, pass_count, plan_windows,
-                                   progress_steps, resolve_device)
-from steadyvoice.models import is_model_dir
+                                   progress_steps)
 
 __all__ = ["Separator", "best_permutation", "talker_paths", "NO_SHIPPED_MODEL"]
 
@@ -55,7 +56,8 @@ MARGIN_SECONDS = 0.25
 CROSSFADE_SECONDS = 0.5
 
 NO_SHIPPED_MODEL = ("no shipped separation model yet: give --checkpoint DIR, a separation model directory "
-                    "(e.g. made by `steadyvoice convert clearervoice <MossFormer2_SS_16K .pt> DIR`)")
+                    "(e.g. made by `steadyvoice convert clearervoice <MossFormer2_SS_16K .pt> DIR`), or --model NAME "
+                    "of one installed with `steadyvoice convert clearervoice <.pt> --name NAME`")
 
 
 def talker_paths(output: Path, speakers: int) -> list[Path]:
@@ -137,7 +139,9 @@ class Separator:
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, device: str = "cpu", **options) -> Separator:
-        """Load a model directory (model.safetensors + config.json) of a separation model."""
+        """Load a separation model: a model directory (model.safetensors + config.json) or the name of one
+        installed in $STEADYVOICE_HOME/models. ``device``: auto, cpu, cuda, cuda:N or mps; the default stays
+        ``"cpu"``, as for :meth:`steadyvoice.Enhancer.from_pretrained`."""
         from steadyvoice.models import load_pretrained
 
         model_dir = _separation_model_dir(name_or_dir)
@@ -242,15 +246,11 @@ class Separator:
 
 
 def _separation_model_dir(name_or_dir: str | Path) -> Path:
-    """The model directory ``name_or_dir`` names: a directory, or the name of a shipped separation model."""
+    """The model directory ``name_or_dir`` names: a directory, or the name of a shipped or user separation model
+    (an enhancement model's name is refused here, before its weights are read)."""
     path = Path(name_or_dir)
     if path.exists():
         return _model_dir_for(path)
-    shipped = WEIGHTS_DIR / str(name_or_dir)
-    if is_model_dir(shipped):
-        from steadyvoice.models import architecture_of, read_model_config
-
-        if architecture_of(read_model_config(shipped)).task == "separation":
-            return shipped
-        raise ModelError(f"model '{name_or_dir}' is a shipped enhancement model; {NO_SHIPPED_MODEL}")
-    raise ModelError(f"{name_or_dir}: no such model directory; {NO_SHIPPED_MODEL}")
+    model_dir = catalog.lookup(str(name_or_dir), task="separation", how_to=NO_SHIPPED_MODEL)
+    _check_model_dir(model_dir)
+    return model_dir

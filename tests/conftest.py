@@ -14,6 +14,14 @@ TINY = MossFormer2SEConfig(sample_rate=16000, win_length=512, hop_length=128, n_
                            num_blocks=1, query_key_dim=16, rotary_dim=8, fsmn_inner_dim=32, group_size=64)
 
 
+@pytest.fixture(autouse=True)
+def steadyvoice_home(tmp_path_factory, monkeypatch):
+    """An empty $STEADYVOICE_HOME per test: tests never see (or write) the user's installed models."""
+    home = tmp_path_factory.mktemp("steadyvoice-home")
+    monkeypatch.setenv("STEADYVOICE_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """The fixture model is tiny: one thread is faster than two and immune to a busy machine's stalls.

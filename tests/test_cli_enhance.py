@@ -231,7 +231,7 @@ def test_output_may_not_replace_its_input(model_dir, tmp_path, capsys):
     ],
 )
 def test_missing_model_is_a_usage_error(tmp_path, capsys, monkeypatch, model_args, message):
-    monkeypatch.setattr("steadyvoice.inference.WEIGHTS_DIR", tmp_path / "weights")  # an installation without them
+    monkeypatch.setattr("steadyvoice.catalog.SHIPPED_DIR", tmp_path / "weights")  # an installation without them
     good = write(tmp_path / "good.wav")
     code, lines = enhance(capsys, good, "-o", tmp_path / "out", *model_args)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

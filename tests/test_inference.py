@@ -246,7 +246,7 @@ def test_bad_arrays_are_audio_errors(enhancer, audio, sr, message):
 
 
 def test_default_and_config_names_without_weights_say_what_to_pass(tmp_path, monkeypatch):
-    monkeypatch.setattr("steadyvoice.inference.WEIGHTS_DIR", tmp_path / "weights")  # an installation without them
+    monkeypatch.setattr("steadyvoice.catalog.SHIPPED_DIR", tmp_path / "weights")  # an installation without them
     with pytest.raises(ModelError, match="'default': its weights are missing from this installation.*reinstall "
                                          "SteadyVoice.*steadyvoice convert clearervoice"):
         Enhancer.from_pretrained("default")
@@ -280,7 +280,7 @@ def test_model_dir_round_trip_gives_identical_output(model_dir, enhancer):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is missing")
 def test_cuda_without_cuda_is_a_clear_error(model_dir):
-    with pytest.raises(ModelError, match="CUDA is not available .*use cpu"):
+    with pytest.raises(ModelError, match="CUDA is not available .*this machine has cpu: use one of them, or auto"):
         Enhancer.from_pretrained(model_dir, device="cuda")
     with pytest.raises(ModelError, match="unknown device 'gpu'"):
         Enhancer.from_pretrained(model_dir, device="gpu")
