@@ -119,3 +119,88 @@ def test_load_weights_from_checkpoint_run_dir_or_exported_model(run, tmp_path):
     wrong = build_model(get_config("mossformer2-se-16k-small"))  # another network size: strict, names the key
     with pytest.raises(CheckpointError, match=r"model.safetensors: weight '[\w.]+' is missing \(and \d+ more\); the weights do not belong"):
         load_weights(wrong, run[0])
+
+
+# ------------------------------------------------------------------------------ RUN_DIR/last, RUN_DIR/best
+# The fixture's run keeps step 3 (its only improving validation: marked best) and step 4 (the newest).
+
+
+def _manifest_metric(ckpt_dir, key="valid_loss"):
+    return json.loads((ckpt_dir / "manifest.json").read_text())["info"]["metrics"][key]
+
+
+def test_export_says_which_step_newest_or_best(run, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from steadyvoice.checkpoint.api import load_checkpoint
+
+    ckpts = run[0] / "checkpoints"
+    cases = [([str(run[0])], 4, "step 4, the newest, valid_loss"),
+             ([str(run[0] / "last")], 4, "step 4, the newest, valid_loss"),
+             ([str(run[0]), "--best"], 3, f"step 3, the best: valid_loss {_manifest_metric(ckpts / 'step-00000003'):.4g})"),
+             ([str(run[0] / "best")], 3, "step 3, the best: valid_loss"),
+             ([str(ckpts / "best")], 3, "step 3, the best: valid_loss"),
+             ([str(ckpts / "step-00000003")], 3, ", best so far)")]
+    for i, (args, step, said) in enumerate(cases):
+        out = tmp_path / f"model{i}"
+        assert cli(["ckpt", "export", args[0], str(out), *args[1:]]) == 0, args
+        printed = capsys.readouterr().out
+        assert said in printed and f"exported {ckpts / f'step-{step:08d}'} " in printed, (args, printed)
+        assert json.loads((out / "config.json").read_text())["source"]["step"] == step
+        trained = load_checkpoint(ckpts / f"step-{step:08d}").tensors_of("model")
+        assert all(torch.equal(load_file(out / "model.safetensors")[k], v) for k, v in trained.items())
+    assert _manifest_metric(ckpts / "step-00000004") != _manifest_metric(ckpts / "step-00000003")
+
+
+def test_best_and_last_in_verify_inspect_and_init_weights(run, capsys):
+    from steadyvoice.checkpoint import load_weights, resolve_checkpoint
+    from steadyvoice.checkpoint.api import load_checkpoint
+    from steadyvoice.models import build_model
+    from steadyvoice.train.config import load_train_config
+    from faultinject import RECIPE
+
+    ckpts = run[0] / "checkpoints"
+    assert resolve_checkpoint(run[0] / "last") == resolve_checkpoint(run[0]) == ckpts / "step-00000004"
+    assert resolve_checkpoint(run[0] / "best") == resolve_checkpoint(ckpts / "best") == ckpts / "step-00000003"
+    assert cli(["ckpt", "verify", str(run[0] / "best")]) == 0
+    assert capsys.readouterr().out.split() == ["ok", str(ckpts / "step-00000003")]
+    assert cli(["ckpt", "inspect", str(run[0] / "best"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == 3 and info["is_best"] is True
+    model = build_model(load_train_config(RECIPE).model.resolve())
+    assert load_weights(model, run[0] / "best") == f"checkpoint {ckpts / 'step-00000003'}"
+    best = load_checkpoint(ckpts / "step-00000003").tensors_of("model")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.items())
+
+
+def test_train_resume_from_run_best(run, tmp_path, capsys):
+    from faultinject import RECIPE
+
+    copy = _copy(run, tmp_path)
+    sets = [a for s in overrides(run[1], max_steps=4) for a in ("--set", s)]
+    code = cli(["train", "--config", str(RECIPE), "--run-dir", str(copy), *sets, "--resume-from", str(copy / "best")])
+    assert code == 0
+    assert f"resumed from {copy / 'checkpoints' / 'step-00000003'} (step 3" in capsys.readouterr().err
+    aside = [p for p in copy.iterdir() if p.name.startswith("checkpoints.set-aside-")]
+    assert len(aside) == 1 and [p.name for p in aside[0].iterdir()] == ["step-00000004"]  # moved, not deleted
+    assert (copy / "checkpoints" / "step-00000004").is_dir()  # step 4 trained again from the best
+
+
+def test_missing_or_damaged_best_is_a_clear_error(run, tmp_path, capsys):
+    copy = _copy(run, tmp_path)
+    best = copy / "checkpoints" / "step-00000003"
+    (best / "model.safetensors").write_bytes(b"damaged")
+    assert cli(["ckpt", "export", str(copy), str(tmp_path / "out"), "--best"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {copy / 'best'} is {best}, which does not verify: {best / 'model.safetensors'}")
+    assert cli(["ckpt", "verify", str(copy / "best")]) == 1  # reported like any damaged checkpoint
+    assert f"INVALID  {best / 'model.safetensors'}" in capsys.readouterr().out
+    shutil.rmtree(best)  # left: step 4, never an improving validation
+    for args in (["ckpt", "export", str(copy), str(tmp_path / "out"), "--best"], ["ckpt", "inspect", str(copy / "best")]):
+        assert cli(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {copy / 'best'}: no checkpoint of this run is marked best") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    assert cli(["ckpt", "export", str(copy / "checkpoints" / "step-00000004"), str(tmp_path / "out"), "--best"]) == 2
+    assert "--best picks the best checkpoint of a run directory" in capsys.readouterr().err
+    assert cli(["ckpt", "export", str(tmp_path / "nope" / "best"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope' / 'best'}: no such run directory ({tmp_path / 'nope'}), so it has no best checkpoint"

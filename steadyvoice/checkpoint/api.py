@@ -1,7 +1,11 @@
 """Reading checkpoints: verified load, path resolution, listing, inspection, weights-only loading, export.
 
 PATH arguments accept a checkpoint directory (``.../checkpoints/step-00001234``), a run directory (its
-newest checkpoint that verifies) or the ``checkpoints/`` directory itself.
+newest checkpoint that verifies) or the ``checkpoints/`` directory itself, and two names after either of
+the last two: ``RUN_DIR/last`` (the newest checkpoint that verifies, the same as ``RUN_DIR``) and
+``RUN_DIR/best`` (the newest checkpoint saved as the best validation, the one the plateau rule reloads).
+The names are resolved here, never written into the run directory; a file or directory that really has
+that name wins.
 """
 
 from __future__ import annotations
@@ -102,9 +106,56 @@ def store_of(path: Path) -> CheckpointStore | None:
     return None
 
 
+LAST, BEST = "last", "best"  # RUN_DIR/last, RUN_DIR/best
+
+
+def named_checkpoint(path: Path) -> tuple[CheckpointStore, str] | None:
+    """(the run's store, "last" or "best") when PATH is ``RUN_DIR/last`` or ``RUN_DIR/best``, else None.
+
+    Only when nothing of that name exists: a real directory called ``best`` is taken as it is.
+    """
+    if path.name not in (LAST, BEST) or path.exists():
+        return None
+    run_dir = path.parent
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{path}: no such run directory ({run_dir}), so it has no {path.name} checkpoint")
+    store = store_of(run_dir)
+    if store is None:
+        raise CheckpointError(f"{path}: {run_dir} is not a run directory (no {CHECKPOINTS_DIR}/), so it has no "
+                              f"{path.name} checkpoint")
+    return store, path.name
+
+
+def best_checkpoint(store: CheckpointStore, run_dir: Path) -> Path:
+    """``RUN_DIR/best``: the newest checkpoint saved as the best validation (it must verify)."""
+    entry = _best_entry(store, run_dir)
+    problems = verify_dir(entry.path).problems
+    if problems:
+        error = CheckpointError(f"{run_dir / BEST} is {entry.path}, which does not verify: "
+                                + "; ".join(str(p) for p in problems))
+        error.exit_code = EXIT_FAILED  # stored data is damaged, the command is right
+        raise error
+    return entry.path
+
+
+def _best_entry(store: CheckpointStore, run_dir: Path) -> Entry:
+    entry = store.best()
+    if entry is None:
+        raise CheckpointError(
+            f"{run_dir / BEST}: no checkpoint of this run is marked best (one is marked when it is saved at a "
+            f"validation that improves on every earlier one: has the run validated yet?); use {run_dir / LAST} "
+            "for the newest checkpoint")
+    return entry
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory for PATH (a checkpoint dir, or a run dir's newest checkpoint that verifies)."""
+    """A checkpoint directory for PATH: a checkpoint dir, a run dir's newest checkpoint that verifies,
+    ``RUN_DIR/last`` (the same) or ``RUN_DIR/best``."""
     path = Path(path)
+    named = named_checkpoint(path)
+    if named is not None:
+        store, name = named
+        return best_checkpoint(store, path.parent) if name == BEST else newest_checkpoint(store, path.parent)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
     if is_checkpoint_dir(path):
@@ -112,6 +163,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     store = store_of(path)
     if store is None:
         raise CheckpointError(f"{path}: neither a checkpoint directory (no {MANIFEST_FILE}) nor a run directory (no {CHECKPOINTS_DIR}/)")
+    return newest_checkpoint(store, path)
+
+
+def newest_checkpoint(store: CheckpointStore, path: Path) -> Path:
+    """The newest checkpoint of ``store`` that verifies (``RUN_DIR`` or ``RUN_DIR/last``)."""
     for entry in reversed(store.entries()):
         problems = entry.problems if not entry.committed else verify_dir(entry.path).problems
         if not problems:
@@ -203,6 +259,9 @@ def _entry_of(ckpt_dir: Path) -> Entry:
 def verify_checkpoint(path: str | Path) -> list[VerifyReport]:
     """Full verification of a checkpoint directory, or of every checkpoint of a run directory."""
     path = Path(path)
+    named = named_checkpoint(path)
+    if named is not None:  # RUN_DIR/best is reported even when damaged; RUN_DIR/last is the newest that verifies
+        path = _best_entry(named[0], path.parent).path if named[1] == BEST else resolve_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
     if is_checkpoint_dir(path):
@@ -303,7 +362,28 @@ def model_config_of(state: dict, where: Path):
         raise CheckpointError(f"{where}: its model config is not valid here: {exc}") from None
 
 
-def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
+@dataclass
+class Exported:
+    """What ``export_checkpoint`` wrote, and from which checkpoint."""
+
+    out_dir: Path
+    checkpoint: Path
+    step: int
+    is_best: bool  # saved as the best validation so far
+    metric: tuple[str, float] | None  # the validation metric the run monitored (schedule.monitor), if saved
+
+
+def monitored_metric(state: dict, metrics: dict | None) -> tuple[str, float] | None:
+    """("valid_loss", value) or ("valid_si_sdr", value): the metric that picks the best (schedule.monitor)."""
+    config = state.get("config")
+    schedule = config.get("schedule") if isinstance(config, dict) else None
+    monitor = schedule.get("monitor", "loss") if isinstance(schedule, dict) else "loss"
+    key = f"valid_{monitor}"
+    value = (metrics or {}).get(key)
+    return (key, float(value)) if isinstance(value, (int, float)) else None
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path) -> Exported:
     """Write the inference model of a checkpoint (model.safetensors + config.json) to ``out_dir``."""
     from steadyvoice.models import build_model, save_pretrained
 
@@ -320,7 +400,9 @@ def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
         "epoch": content.epoch,
         "metrics": content.state.get("metrics"),
     }
-    return save_pretrained(model, cfg, out_dir, source=source)
+    out = save_pretrained(model, cfg, out_dir, source=source)
+    return Exported(out_dir=out, checkpoint=ckpt, step=content.step, is_best=bool(content.state.get("is_best")),
+                    metric=monitored_metric(content.state, content.state.get("metrics")))
 
 
 def load_model_into(model: torch.nn.Module, content: Content, part: str = MODEL_PART) -> None:

@@ -1,13 +1,16 @@
 """steadyvoice ckpt list|verify|inspect|export|import-clearervoice: look after training checkpoints.
 
-PATH is a checkpoint directory (RUN/checkpoints/step-00001234) or a run directory (its newest
-checkpoint that verifies; for 'verify', every checkpoint of the run).
+PATH is a checkpoint directory (RUN/checkpoints/step-00001234), a run directory (its newest
+checkpoint that verifies; for 'verify', every checkpoint of the run), RUN/last (the newest checkpoint
+that verifies) or RUN/best (the best validation's checkpoint). last and best work wherever a checkpoint
+is taken, also in `train --resume-from` and `train --init-from`.
 
     steadyvoice ckpt list RUN_DIR                   step, epoch, time, size, valid/INVALID, best/last
     steadyvoice ckpt verify PATH                    exit 0 if all verify, 1 otherwise (one line per problem)
     steadyvoice ckpt inspect PATH [--json]          step, epoch, lr per group, world size, metrics, versions, sizes
-    steadyvoice ckpt export PATH OUT_DIR            inference model (model.safetensors + config.json) for
-                                                    `steadyvoice enhance --checkpoint OUT_DIR`
+    steadyvoice ckpt export PATH OUT_DIR [--best]   inference model (model.safetensors + config.json) for
+                                                    `steadyvoice enhance --checkpoint OUT_DIR`; --best: the
+                                                    run's best validation checkpoint (= PATH/best)
     steadyvoice ckpt import-clearervoice SRC DEST   a ClearerVoice-Studio training directory -> a run directory
 """
 
@@ -19,6 +22,7 @@ import sys
 from pathlib import Path
 
 from steadyvoice.cli import EXIT_FAILED, EXIT_OK
+from steadyvoice.errors import CheckpointError
 
 
 def register(subparsers) -> None:
@@ -46,6 +50,9 @@ def register(subparsers) -> None:
     p = sub.add_parser("export", help="write the inference model of a checkpoint")
     p.add_argument("path", type=Path, metavar="PATH")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--best", action="store_true",
+                   help="the run's best validation checkpoint (PATH is a run directory; same as PATH/best) "
+                        "instead of its newest")
     p.set_defaults(func=run_export)
 
     p = sub.add_parser(
@@ -140,10 +147,29 @@ def run_inspect(args) -> int:
 
 
 def run_export(args) -> int:
-    from steadyvoice.checkpoint.api import export_checkpoint
+    from steadyvoice.checkpoint.api import BEST, export_checkpoint, is_checkpoint_dir, named_checkpoint
 
-    out = export_checkpoint(args.path, args.out_dir)
-    print(f"exported {args.path} -> {out} (use: steadyvoice enhance --checkpoint {out} ...)")
+    path = args.path
+    if args.best and path.name != BEST:
+        if is_checkpoint_dir(path):
+            raise CheckpointError(f"{path}: --best picks the best checkpoint of a run directory, and this is one "
+                                  "checkpoint; pass the run directory, or drop --best to export this one")
+        path = path / BEST
+    named = named_checkpoint(path)
+    if named is not None:
+        which = "the best" if named[1] == BEST else "the newest"
+    else:
+        which = None if is_checkpoint_dir(path) else "the newest"
+    exported = export_checkpoint(path, args.out_dir)
+    facts = [f"step {exported.step}"] + ([which] if which else [])
+    if exported.metric is not None:  # the monitored validation metric, when this checkpoint was validated
+        name, value = exported.metric
+        if which == "the best":
+            facts[-1] += f": {name} {value:.4g}"
+        else:
+            facts.append(f"{name} {value:.4g}" + (", best so far" if exported.is_best else ""))
+    print(f"exported {exported.checkpoint} ({', '.join(facts)}) -> {exported.out_dir}")
+    print(f"use: steadyvoice enhance --checkpoint {exported.out_dir} ...")
     return EXIT_OK
 
 

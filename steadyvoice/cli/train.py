@@ -2,7 +2,8 @@
 
 Trains MossFormer2 speech enhancement. Rerunning the same command resumes from the newest checkpoint
 in DIR that verifies and loads; --restart starts over, --resume-from PATH picks a checkpoint, --init-from
-PATH starts a new run from weights only (a checkpoint, a run directory or an exported model).
+PATH starts a new run from weights only (a checkpoint, a run directory or an exported model). PATH may
+also be RUN_DIR/last (the newest checkpoint that verifies) or RUN_DIR/best (the best validation's).
 
 One trainer per run directory: a second one on the same DIR (same command or not) stops at once with
 one line naming the process that holds it, and changes nothing. Nothing is written to DIR before the
@@ -52,8 +53,10 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
-    start.add_argument("--resume-from", type=Path, metavar="PATH", help="resume from this checkpoint (or run dir)")
-    p.add_argument("--init-from", type=Path, metavar="PATH", help="fresh run starting from these weights only")
+    start.add_argument("--resume-from", type=Path, metavar="PATH",
+                       help="resume from this checkpoint (or run dir, RUN_DIR/last, RUN_DIR/best)")
+    p.add_argument("--init-from", type=Path, metavar="PATH",
+                   help="fresh run starting from these weights only (checkpoint, run dir, RUN_DIR/best, exported model)")
     p.set_defaults(func=run)
 
 
