@@ -10,19 +10,33 @@
 An explicit device that is not present is an error saying which devices are. :func:`choose_device`
 also says why ``auto`` picked what it picked, for the one line the commands print at start
 (``device: cpu (auto: no CUDA or MPS)``).
+
+torch is imported only when a device is resolved: the command line shows :data:`DEVICE_HELP` and a config
+checks the spelling of a device word (:func:`is_device_word`) without loading it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from steadyvoice.errors import ModelError, SteadyVoiceError
 
-__all__ = ["DEVICE_WORDS", "DeviceChoice", "available_devices", "choose_device", "resolve_device"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEVICE_HELP", "DEVICE_WORDS", "DeviceChoice", "available_devices", "choose_device", "is_device_word",
+           "resolve_device"]
 
 DEVICE_WORDS = "auto, cpu, cuda, cuda:N or mps"
+DEVICE_HELP = "auto (the default: CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
+_WORD = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def is_device_word(text: str) -> bool:
+    """Whether ``text`` is one of the device words (spelling only; whether the device is here is not checked)."""
+    return isinstance(text, str) and _WORD.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -37,20 +51,14 @@ class DeviceChoice:
         return f"{_name(self.device)} ({self.reason})" if self.reason else _name(self.device)
 
 
-def _cuda_present() -> bool:
-    return torch.cuda.is_available()
-
-
-def _mps_present() -> bool:
-    return bool(torch.backends.mps.is_available())
-
-
 def available_devices() -> list[str]:
     """The devices present: ``cpu``, then ``cuda:0`` ... ``cuda:N-1``, then ``mps``."""
+    import torch
+
     found = ["cpu"]
-    if _cuda_present():
+    if torch.cuda.is_available():
         found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if _mps_present():
+    if torch.backends.mps.is_available():
         found.append("mps")
     return found
 
@@ -61,6 +69,8 @@ def choose_device(word: str | torch.device, *, local_rank: int | None = None,
 
     ``local_rank``: this process's GPU under torchrun; ``cuda`` and ``auto`` then mean ``cuda:local_rank``.
     """
+    import torch
+
     if isinstance(word, torch.device):
         word = str(word)
     if not isinstance(word, str):
@@ -77,7 +87,7 @@ def choose_device(word: str | torch.device, *, local_rank: int | None = None,
     if device.type == "cuda":
         return DeviceChoice(_cuda(word, device.index, local_rank, error))
     if device.type == "mps":
-        if not _mps_present():
+        if not torch.backends.mps.is_available():
             raise error(f"device {word!r}: Apple MPS is not available (it needs a Mac with Apple silicon or an "
                         f"AMD GPU and a torch built with MPS); {_present()}")
         if device.index not in (None, 0):
@@ -92,27 +102,32 @@ def resolve_device(word: str | torch.device, *, error: type[SteadyVoiceError] = 
 
 
 def _auto(local_rank: int | None, error) -> DeviceChoice:
-    if _cuda_present():
+    import torch
+
+    if torch.cuda.is_available():
         index = _rank_gpu(local_rank, error) if local_rank is not None else torch.cuda.current_device()
         return DeviceChoice(torch.device("cuda", index), f"auto: {_gpu_name(index)}")
-    if _mps_present():
+    if torch.backends.mps.is_available():
         return DeviceChoice(torch.device("mps"), "auto: Apple MPS, no CUDA")
     return DeviceChoice(torch.device("cpu"), "auto: no CUDA or MPS")
 
 
 def _cuda(word: str, index: int | None, local_rank: int | None, error) -> torch.device:
-    if not _cuda_present():
+    import torch
+
+    if not torch.cuda.is_available():
         raise error(f"device {word!r}: CUDA is not available (no NVIDIA GPU, or a CPU-only torch); {_present()}")
-    count = torch.cuda.device_count()
     if index is None:
         return torch.device("cuda", _rank_gpu(local_rank, error)) if local_rank is not None else torch.device("cuda")
-    if index >= count:
-        raise error(f"device {word!r}: only {count} CUDA device(s) present; {_present()}")
+    if index >= torch.cuda.device_count():
+        raise error(f"device {word!r}: only {torch.cuda.device_count()} CUDA device(s) present; {_present()}")
     return torch.device("cuda", index)
 
 
 def _rank_gpu(local_rank: int, error) -> int:
     """The GPU of torchrun's process ``local_rank`` (one GPU per process on each node)."""
+    import torch
+
     count = torch.cuda.device_count()
     if not 0 <= local_rank < count:
         raise error(f"LOCAL_RANK {local_rank} has no GPU of its own: this node has {count} CUDA device(s); start "
@@ -125,6 +140,8 @@ def _present() -> str:
 
 
 def _gpu_name(index: int) -> str:
+    import torch
+
     try:
         return torch.cuda.get_device_name(index)
     except (RuntimeError, AssertionError):  # a GPU that vanished between the check and the query
@@ -132,6 +149,9 @@ def _gpu_name(index: int) -> str:
 
 
 def _name(device: torch.device) -> str:
-    if device.type == "cuda" and device.index is None:
-        return f"cuda:{torch.cuda.current_device()}" if _cuda_present() else "cuda"
+    """``cuda`` without an index is shown as the GPU it means (cuda:<current>)."""
+    import torch
+
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
     return str(device)

@@ -40,6 +40,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    device_reason: str = ""  # why ``auto`` picked ``device`` (steadyvoice.devices.DeviceChoice.reason)
 
     @property
     def is_main(self) -> bool:
@@ -110,26 +111,32 @@ class DistContext:
 def init_distributed(device: str = "auto") -> DistContext:
     """Join the torchrun job described by the environment, or return a world of one.
 
-    ``device``: "auto" (cuda if available else cpu), "cpu" or "cuda".
+    ``device``: a word of :mod:`steadyvoice.devices` (auto, cpu, cuda, cuda:N, mps). Under torchrun, ``cuda``
+    and ``auto`` mean this process's GPU, ``cuda:LOCAL_RANK``; naming one GPU (cuda:N) or MPS for several
+    processes is refused (every process would share it; NCCL is CUDA-only and gloo cannot reduce MPS tensors).
     """
+    from steadyvoice.devices import choose_device
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device {device!r}; use cpu or cuda")
-    dev = torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device("cpu")
-    if device == "cuda":
+    choice = choose_device(device, local_rank=local_rank, error=ConfigError)
+    dev = choice.device
+    if world_size > 1 and dev.type == "cuda" and dev.index != local_rank:
+        raise ConfigError(f"train.device {device!r} names one GPU for {world_size} processes; use cuda or auto "
+                          "(each torchrun process takes the GPU of its LOCAL_RANK)")
+    if world_size > 1 and dev.type == "mps":
+        raise ConfigError(f"train.device {device!r}: several processes cannot share Apple MPS (no process-group "
+                          "backend reduces MPS tensors); train on one process, or use cpu")
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: never outlive its agent
         watch_agent()
     if world_size > 1 and not tdist.is_initialized():
-        backend = "nccl" if device == "cuda" else "gloo"
+        backend = "nccl" if dev.type == "cuda" else "gloo"
         tdist.init_process_group(backend=backend)
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev,
+                       device_reason=choice.reason)
 
 
 def shutdown_distributed() -> None:

@@ -1,4 +1,4 @@
-"""steadyvoice enhance INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--device cpu|cuda] [--jobs N] [--overwrite]
+"""steadyvoice enhance INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--device auto|cpu|cuda|cuda:N|mps] [--jobs N] [--overwrite]
 
 INPUT is any mix of audio files, directories (searched recursively for audio files) and list files
 (.scp / .txt: one entry per line, the first column a path, or the whole line if it names an existing
@@ -28,6 +28,7 @@ from pathlib import Path
 from steadyvoice.batch import Job, check_output_dir, collect_jobs, run_jobs
 from steadyvoice.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from steadyvoice.cli.progress import FileProgress, WindowBar, summary
+from steadyvoice.devices import DEVICE_HELP, choose_device
 from steadyvoice.errors import SteadyVoiceError
 
 
@@ -41,13 +42,15 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file, directory or .scp/.txt list")
     p.add_argument("-o", "--output-dir", required=True, type=Path, metavar="OUTDIR", help="where outputs go")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="NAME", help="name of a shipped model (default: 'default', SteadyVoice's 16 kHz model)")
+    source.add_argument("--model", metavar="NAME",
+                        help="name of a shipped or installed model, see `steadyvoice models` (default: 'default', "
+                             "SteadyVoice's 16 kHz model)")
     source.add_argument(
         "--checkpoint",
         metavar="DIR",
         help="model directory (model.safetensors + config.json) from steadyvoice convert or ckpt export",
     )
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
                    help="files processed at once, on N threads sharing the model and the CPU cores (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
@@ -91,10 +94,13 @@ def _load_enhancer(args):
 
     name_or_dir = args.checkpoint or args.model or DEFAULT_MODEL
     try:
-        return Enhancer.from_pretrained(name_or_dir, device=args.device)
+        choice = choose_device(args.device)
+        enhancer = Enhancer.from_pretrained(name_or_dir, device=choice.device)
     except SteadyVoiceError as exc:
         _error(exc)
         return None
+    _say(f"device: {choice}")
+    return enhancer
 
 
 def process_jobs(jobs: list[Job], work, *, is_done, overwrite: bool, workers: int, desc: str) -> tuple[int, int, int]:

@@ -1,4 +1,4 @@
-"""steadyvoice separate INPUT... -o OUTDIR (--checkpoint DIR | --model NAME) [--speakers K] [--device cpu|cuda] [--overwrite]
+"""steadyvoice separate INPUT... -o OUTDIR (--checkpoint DIR | --model NAME) [--speakers K] [--device auto|cpu|cuda|cuda:N|mps] [--overwrite]
 
 Splits each recording into one file per talker: OUTDIR/<relative path>/<stem>_s1.<ext>, <stem>_s2.<ext>,
 ... with the input's container, subtype, sample rate, channel count and length. INPUT is any mix of audio
@@ -21,6 +21,7 @@ from steadyvoice.batch import Job, check_output_dir, expand_inputs
 from steadyvoice.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from steadyvoice.cli.enhance import _error, _positive_int, _say, process_jobs
 from steadyvoice.cli.progress import summary
+from steadyvoice.devices import DEVICE_HELP, choose_device
 from steadyvoice.errors import Problem, SteadyVoiceError
 
 
@@ -37,10 +38,11 @@ def register(subparsers) -> None:
     source.add_argument("--checkpoint", metavar="DIR",
                         help="separation model directory (model.safetensors + config.json), e.g. from `steadyvoice "
                              "convert clearervoice` of an official MossFormer2_SS_16K checkpoint")
-    source.add_argument("--model", metavar="NAME", help="name of a shipped separation model (none ships yet)")
+    source.add_argument("--model", metavar="NAME",
+                        help="name of an installed separation model, see `steadyvoice models` (none ships yet)")
     p.add_argument("--speakers", type=int, metavar="K",
                    help="talkers expected; a model that separates another number is refused")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
                    help="recordings processed at once, on N threads sharing the model and the CPU cores (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo recordings whose outputs already exist")
@@ -85,10 +87,13 @@ def _load_separator(args):
         _error(f"--speakers {args.speakers}: a separation needs at least 2 talkers")
         return None
     try:
-        return Separator.from_pretrained(name_or_dir, device=args.device, speakers=args.speakers)
+        choice = choose_device(args.device)
+        separator = Separator.from_pretrained(name_or_dir, device=choice.device, speakers=args.speakers)
     except SteadyVoiceError as exc:
         _error(exc)
         return None
+    _say(f"device: {choice}")
+    return separator
 
 
 def collect_jobs(inputs: list[str], outdir: Path, speakers: int) -> tuple[list[Job], list[Problem]]:

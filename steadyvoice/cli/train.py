@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from steadyvoice.cli import EXIT_OK
+from steadyvoice.devices import DEVICE_HELP
 from steadyvoice.errors import SteadyVoiceError
 
 
@@ -50,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (checkpoint.save_every)")
     p.add_argument("--seed", type=int, metavar="S", help="random seed (train.seed)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+    p.add_argument("--device", metavar="DEVICE", help=f"train.device: {DEVICE_HELP}")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
     start.add_argument("--resume-from", type=Path, metavar="PATH",
@@ -97,6 +98,10 @@ def run(args) -> int:
         raise SteadyVoiceError(f"checkpoint support is unavailable in this build ({exc})") from None
 
     dist = init_distributed(cfg.train.device)
+    if dist.is_main:
+        from steadyvoice.devices import DeviceChoice
+
+        print(f"device: {DeviceChoice(dist.device, dist.device_reason)}", file=sys.stderr, flush=True)
     run_dir: Path = args.run_dir
     held: list[RunDirLock] = []  # rank 0 holds the run directory's lock until the run ends
     new_dir = not run_dir.exists()

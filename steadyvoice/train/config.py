@@ -167,9 +167,13 @@ class RunConfig:
     num_workers: int = 2  # DataLoader worker processes (results do not depend on it)
     autocast: Literal["none", "bf16", "fp16"] = "none"  # fp16 (with GradScaler) needs CUDA
     seed: int = 777
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps: steadyvoice.devices
 
     def __post_init__(self) -> None:
+        from steadyvoice.devices import DEVICE_WORDS, is_device_word
+
+        if not is_device_word(self.device):
+            raise ValueError(f"train.device={self.device!r}: use {DEVICE_WORDS}")
         for name in ("batch_size", "accumulate", "max_epochs", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)}: must be at least 1")
