@@ -3,7 +3,7 @@
 PATH is a checkpoint directory (RUN/checkpoints/step-00001234), a run directory (its newest
 checkpoint that verifies; for 'verify', every checkpoint of the run), RUN/last (the newest checkpoint
 that verifies) or RUN/best (the best validation's checkpoint). last and best work wherever a checkpoint
-is taken, also in `train --resume-from` and `train --init-from`.
+is taken, also in train --resume-from and train --init-from.
 
     steadyvoice ckpt list RUN_DIR                   step, epoch, time, size, valid/INVALID, best/last
     steadyvoice ckpt verify PATH                    exit 0 if all verify, 1 otherwise (one line per problem)
@@ -176,6 +176,9 @@ def run_export(args) -> int:
 def run_import(args) -> int:
     import logging
 
+    from steadyvoice.extras import require_train_extra
+
+    require_train_extra("steadyvoice ckpt import-clearervoice")  # it makes a run to be trained
     from steadyvoice.legacy import import_clearervoice
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from steadyvoice.extras import require_train_extra
+
+    require_train_extra("steadyvoice corpus", ("pyroomacoustics",))  # the rooms are simulated with it
     from steadyvoice.corpus import build_corpus
 
     data = {"hours": args.hours, "seed": args.seed, "sample_rate": args.sample_rate}

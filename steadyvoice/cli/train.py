@@ -43,7 +43,7 @@ def register(subparsers) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="training config (YAML), e.g. recipes/tiny-cpu.yaml")
+    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="training config: a YAML file, or the name of a recipe shipped with SteadyVoice (e.g. tiny-cpu)")
     p.add_argument("--run-dir", required=True, type=Path, metavar="DIR", help="where config, logs and checkpoints go")
     p.add_argument("--clean", action="append", metavar="PATH", help="clean speech: directory, audio file or list (repeatable)")
     p.add_argument("--noise", action="append", metavar="PATH", help="noise: directory, audio file or list (repeatable)")
@@ -77,6 +77,9 @@ def overrides_from_args(args) -> list[str]:
 
 
 def run(args) -> int:
+    from steadyvoice.extras import require_train_extra
+
+    require_train_extra("steadyvoice train")  # before the imports below, which need the train extra
     # Heavy imports here, not at module level: `steadyvoice --help` must stay fast.
     from steadyvoice.distributed import init_distributed, shutdown_distributed
     from steadyvoice.train.config import load_train_config

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyroomacoustics as pra
 from scipy.signal import fftconvolve
 
 # Mean power below which a crop counts as silent (about -100 dBFS): its SNR would be meaningless.
@@ -78,6 +77,8 @@ def simulate_rir(rng: np.random.Generator, sample_rate: int, room: RoomConfig) -
 
     Returns (rir float32, facts) with facts = room dimensions, rt60 asked, source/mic positions.
     """
+    import pyroomacoustics as pra  # here: a training dependency (the `train` extra), not needed to import this module
+
     for _ in range(20):
         dims = rng.uniform(room.room_min, room.room_max)
         rt60 = float(rng.uniform(*room.rt60))

@@ -26,6 +26,7 @@ from steadyvoice.checkpoint.config import CheckpointConfig
 from steadyvoice.config import apply_overrides, from_dict, load_yaml_file, to_dict
 from steadyvoice.data.config import DataConfig
 from steadyvoice.errors import ConfigError
+from steadyvoice.train.recipes import recipe_path
 
 # Keys that may differ between the config in the run directory and the one a resumed run is started
 # with: they change what happens from now on, never the meaning of what was already trained. Every key
@@ -195,11 +196,13 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Parse a YAML config with ``section.key=value`` overrides; also checks the model section resolves.
+    """Parse a YAML config (a file, or the name of a packaged recipe) with ``section.key=value`` overrides;
+    also checks the model section resolves.
 
     An error caused by an override (a typo in ``--set optim.lrr=1``) names that override, not the file.
     """
     overrides = list(overrides or [])
+    path = recipe_path(path)  # an existing file, or a recipe shipped in the package by name ("tiny-cpu")
     recipe = load_yaml_file(path)  # errors name the file
     try:
         apply_overrides(recipe, overrides)
