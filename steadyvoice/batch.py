@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steadyvoice.audio import AUDIO_EXTENSIONS, is_audio_path
+from steadyvoice.audio import AUDIO_EXTENSIONS, is_audio_path, output_suffix
 from steadyvoice.errors import ConfigError, Problem, SteadyVoiceError
 from steadyvoice.listfile import ListFileError, read_list
 
@@ -75,20 +75,25 @@ def check_output_dir(outdir: Path) -> Problem | None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def collect_jobs(inputs: Iterable[str | Path], outdir: Path) -> tuple[list[Job], list[Problem]]:
+def collect_jobs(inputs: Iterable[str | Path], outdir: Path,
+                 format: str | None = None) -> tuple[list[Job], list[Problem]]:
     """Expand files, directories and lists into jobs; anything unusable becomes a Problem."""
-    jobs, problems = expand_inputs(inputs, outdir)
+    jobs, problems = expand_inputs(inputs, outdir, format)
     jobs, clashes = _without_clashes(jobs)
     return jobs, problems + clashes
 
 
-def expand_inputs(inputs: Iterable[str | Path], outdir: Path) -> tuple[list[Job], list[Problem]]:
-    """Expand files, directories and lists into jobs, without checking outputs against each other."""
+def expand_inputs(inputs: Iterable[str | Path], outdir: Path,
+                  format: str | None = None) -> tuple[list[Job], list[Problem]]:
+    """Expand files, directories and lists into jobs, without checking outputs against each other.
+
+    An output has the extension ``.<format>`` if given, else its input's, except for inputs read but not
+    written (m4a, webm, video files: .flac; :func:`steadyvoice.audio.output_suffix`)."""
     jobs: list[Job] = []
     problems: list[Problem] = []
     for item in inputs:
         found, bad = _expand(Path(item), outdir)
-        jobs.extend(found)
+        jobs.extend(Job(job.source, job.output.with_suffix(output_suffix(job.source, format))) for job in found)
         problems.extend(bad)
     return jobs, problems
 

@@ -39,7 +39,7 @@ Inference is deterministic: eval mode, ``torch.no_grad``, no dither, channels an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,7 @@ import torch
 
 from steadyvoice import audio as audio_io
 from steadyvoice import catalog
+from steadyvoice.batch import BatchResult, check_output_dir, collect_jobs, run_jobs
 from steadyvoice.devices import resolve_device  # noqa: F401  (re-exported: the one device resolver)
 from steadyvoice.errors import AudioError, ConfigError, ModelError
 from steadyvoice.models import MODEL_FILES, WEIGHTS_FILE
@@ -58,6 +59,7 @@ __all__ = [
     "plan_windows",
     "crossfade_weights",
     "overlap_add",
+    "overlap_add_blocks",
     "DEFAULT_MODEL",
     "WEIGHTS_DIR",
 ]
@@ -179,17 +181,58 @@ def overlap_add(
 
     A window that runs past the end of the signal is zero-padded to W samples (only that window is copied).
     """
-    length = signal.shape[0]
-    out = np.zeros(length, dtype=np.float32)  # (N,)
-    starts = plan.starts(length)
-    for k, start in enumerate(starts):
-        piece = signal[start : start + plan.window]  # (<= W,)
-        kept = piece.shape[0]
-        if kept < plan.window:
-            piece = np.pad(piece, (0, plan.window - kept))  # (W,)
-        enhanced = process(piece)[:kept]  # (kept,)
-        weights = crossfade_weights(plan, first=k == 0, last=k == len(starts) - 1)[:kept]
-        out[start : start + kept] += (enhanced * weights).astype(np.float32)
+    blocks = overlap_add_blocks([signal[:, None]], plan, process, progress)  # (n, 1) each
+    return np.concatenate(list(blocks))[:, 0]
+
+
+def overlap_add_blocks(
+    blocks: Iterable[np.ndarray],
+    plan: WindowPlan,
+    process: Callable[[np.ndarray], np.ndarray],
+    progress: Callable[[], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """:func:`overlap_add` over a stream: (n, C) blocks in -> (n', C) blocks out, every channel of every
+    window through ``process`` (window by window, channels in order), the same samples as overlap_add of
+    each whole channel. Holds one window of input and one of output (plus one block).
+
+    A window's place in the plan (first, last) decides its weights; it is known to be not the last once
+    more than W samples from its start have arrived, or is the last when the input ends. The blended
+    output before the next window's start is final and is yielded at once.
+    """
+    held: list[np.ndarray] = []  # input from the current window's start on, as it came (joined per window)
+    count = 0  # frames in ``held``
+    out = None  # (W, C) output accumulated for the current window's span
+    first = True
+    for block in blocks:
+        held.append(block)
+        count += block.shape[0]
+        if count <= plan.window:
+            continue
+        pending = np.concatenate(held) if len(held) > 1 else held[0]  # (count, C)
+        while pending.shape[0] > plan.window:  # more input follows this window: it is not the last
+            out = _blend_window(pending[: plan.window], out, plan, process, progress, first=first, last=False)
+            yield out[: plan.stride]
+            out = np.concatenate([out[plan.stride :], np.zeros((plan.stride, out.shape[1]), np.float32)])
+            pending, first = pending[plan.stride :], False
+        held, count = [pending], pending.shape[0]
+    if count == 0:
+        return
+    out = _blend_window(np.concatenate(held), out, plan, process, progress, first=first, last=True)
+    yield out[:count]
+
+
+def _blend_window(piece, out, plan: WindowPlan, process, progress, *, first: bool, last: bool) -> np.ndarray:
+    """Add each channel of ``piece`` (<= W, C) through ``process`` with its window weights to ``out``
+    ((W, C), or None for zeros). A piece shorter than W (the last window) is zero-padded, its output cut."""
+    kept, channels = piece.shape
+    if out is None:
+        out = np.zeros((plan.window, channels), dtype=np.float32)
+    if kept < plan.window:
+        piece = np.pad(piece, ((0, plan.window - kept), (0, 0)))  # (W, C)
+    weights = crossfade_weights(plan, first=first, last=last)[:kept]
+    for c in range(channels):
+        enhanced = process(piece[:, c])[:kept]  # (kept,)
+        out[:kept, c] += (enhanced * weights).astype(np.float32)
         if progress is not None:
             progress()
     return out
@@ -205,31 +248,63 @@ def _as_frames_by_channels(audio: np.ndarray, sample_rate: int, name: str, from_
 
     ``from_file``: the layout came from a file header, so frames < channels cannot be a transposed array.
     """
-    if not isinstance(audio, np.ndarray):
-        raise AudioError(f"{name}: expected a numpy array, got {type(audio).__name__}")
-    if not np.issubdtype(audio.dtype, np.floating):
-        raise AudioError(
-            f"{name}: samples must be floating point in [-1, 1], got dtype {audio.dtype}; "
-            "for integer PCM divide by the full-scale value (e.g. int16: x / 32768)"
-        )
+    _check_samples(audio, name)
     if audio.ndim not in (1, 2):
         raise AudioError(f"{name}: expected shape (frames,) or (frames, channels), got {audio.shape}")
-    if audio.size == 0:
-        raise AudioError(f"{name}: the audio is empty (shape {audio.shape})")
     frames_by_channels = audio.reshape(audio.shape[0], -1)  # (N, C)
     frames, channels = frames_by_channels.shape
     if frames < channels and not from_file:
         raise AudioError(
             f"{name}: shape {audio.shape} reads as {frames} frames of {channels} channels; "
-            "audio must be (frames, channels): pass audio.T if you have (channels, frames)"
+            "audio must be (frames, channels): pass audio.T if you have (channels, frames), or batch=True "
+            "for a batch (batch, samples)"
         )
     if channels > MAX_CHANNELS:
         raise AudioError(f"{name}: {channels} channels is more than the {MAX_CHANNELS} supported")
-    if not np.isfinite(frames_by_channels).all():
-        bad = int((~np.isfinite(frames_by_channels)).sum())
-        raise AudioError(f"{name}: {bad} samples are NaN or infinite")
     _check_sample_rate(sample_rate, name)
     return frames_by_channels.astype(np.float32, copy=False)
+
+
+def _as_rows(audio: np.ndarray, sample_rate: int, name: str) -> np.ndarray:
+    """Validate time-last ``audio`` ((T,), (B, T) or (B, C, T), float) and return it as float32 rows (R, T)."""
+    _check_samples(audio, name)
+    if audio.ndim not in (1, 2, 3):
+        raise AudioError(f"{name}: expected a time-last shape (samples,), (batch, samples) or "
+                         f"(batch, channels, samples), got {audio.shape}")
+    _check_sample_rate(sample_rate, name)
+    return audio.reshape(-1, audio.shape[-1]).astype(np.float32, copy=False)
+
+
+def _check_samples(audio: np.ndarray, name: str) -> None:
+    """A non-empty floating-point numpy array of finite samples."""
+    if not isinstance(audio, np.ndarray):
+        raise AudioError(f"{name}: expected a numpy array or a torch tensor, got {type(audio).__name__}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise AudioError(
+            f"{name}: samples must be floating point in [-1, 1], got dtype {audio.dtype}; "
+            "for integer PCM divide by the full-scale value (e.g. int16: x / 32768)"
+        )
+    if audio.size == 0:
+        raise AudioError(f"{name}: the audio is empty (shape {audio.shape})")
+    if not np.isfinite(audio).all():
+        bad = int((~np.isfinite(audio)).sum())
+        raise AudioError(f"{name}: {bad} samples are NaN or infinite")
+
+
+def _to_numpy(audio, name: str) -> tuple[np.ndarray, Callable[[np.ndarray], object]]:
+    """``audio`` as a numpy array, and the function that turns a float32 result back into the input's kind:
+    the same dtype, and for a torch tensor the same device."""
+    if isinstance(audio, torch.Tensor):
+        if not audio.is_floating_point():
+            raise AudioError(f"{name}: samples must be floating point in [-1, 1], got {audio.dtype}; "
+                             "for integer PCM divide by the full-scale value (e.g. int16: x / 32768)")
+        device, dtype = audio.device, audio.dtype
+        samples = audio.detach().to("cpu", torch.float32).numpy()
+        return samples, lambda out: torch.from_numpy(out).to(device=device, dtype=dtype)
+    if isinstance(audio, np.ndarray) and np.issubdtype(audio.dtype, np.floating):
+        dtype = audio.dtype
+        return audio, lambda out: out.astype(dtype, copy=False)
+    return audio, lambda out: out  # _check_samples says what is wrong
 
 
 def _check_sample_rate(sample_rate, name: str) -> None:
@@ -242,9 +317,14 @@ def _check_sample_rate(sample_rate, name: str) -> None:
         )
 
 
+def model_length(frames: int, sample_rate: int, model_rate: int) -> int:
+    """Length of ``frames`` samples at ``sample_rate`` once resampled to ``model_rate`` (soxr's output length)."""
+    return math.floor(frames * model_rate / sample_rate + 0.5)
+
+
 def pass_count(frames: int, sample_rate: int, model_rate: int, one_pass_max: int, plan: WindowPlan) -> int:
     """How many model passes one channel of ``frames`` samples at ``sample_rate`` takes (one, or one per window)."""
-    model_frames = math.floor(frames * model_rate / sample_rate + 0.5)  # soxr's output length
+    model_frames = model_length(frames, sample_rate, model_rate)
     if model_frames <= one_pass_max:
         return 1
     return len(plan.starts(model_frames))
@@ -369,10 +449,25 @@ class Enhancer:
     # -- arrays ---------------------------------------------------------------------------------------
 
     def __call__(
-        self, audio: np.ndarray, sample_rate: int, *, progress: ProgressCallback | None = None
-    ) -> np.ndarray:
-        """Enhance ``audio`` ((N,) or (N, C) float, any supported rate) -> same shape, float32, same rate."""
-        return self._enhance(audio, sample_rate, progress, name="audio", from_file=False)
+        self, audio, sample_rate: int, *, batch: bool = False, progress: ProgressCallback | None = None
+    ):
+        """Enhance ``audio`` at any supported rate -> the enhanced audio, same kind, shape, dtype and rate.
+
+        ``audio`` is a float numpy array or torch tensor (on any device: the result comes back on it):
+
+        * numpy ``(N,)`` or ``(N, C)``: frames first, as soundfile reads them;
+        * a torch tensor, a 3-D array, or any array with ``batch=True``: time last, as torchaudio and batched
+          code hold it: ``(T,)``, ``(B, T)`` or ``(B, C, T)``.
+
+        Every channel (every row of a batch) is enhanced on its own, so a batch gives the same result as its
+        rows one by one.
+        """
+        samples, restore = _to_numpy(audio, "audio")
+        if isinstance(audio, torch.Tensor) or batch or getattr(samples, "ndim", 0) >= 3:
+            rows = _as_rows(samples, sample_rate, "audio")  # (R, T)
+            out = self._enhance_rows(rows, int(sample_rate), progress)  # (R, T)
+            return restore(out.reshape(samples.shape))
+        return restore(self._enhance(samples, sample_rate, progress, name="audio", from_file=False))
 
     def window_count(self, frames: int, sample_rate: int) -> int:
         """How many model passes one channel of ``frames`` samples at ``sample_rate`` takes."""
@@ -380,12 +475,16 @@ class Enhancer:
 
     def _enhance(self, audio, sample_rate, progress, name: str, from_file: bool) -> np.ndarray:
         frames_by_channels = _as_frames_by_channels(audio, sample_rate, name, from_file)  # (N, C)
-        frames, channels = frames_by_channels.shape
-        step = progress_steps(progress, channels * self.window_count(frames, sample_rate))
-        out = np.empty_like(frames_by_channels)  # (N, C)
-        for c in range(channels):
-            out[:, c] = self._enhance_channel(frames_by_channels[:, c], int(sample_rate), step)
-        return out.reshape(audio.shape)
+        return self._enhance_rows(frames_by_channels.T, int(sample_rate), progress).T.reshape(audio.shape)
+
+    def _enhance_rows(self, rows: np.ndarray, sample_rate: int, progress) -> np.ndarray:
+        """(R, T) float32 at ``sample_rate`` -> (R, T) float32, each row enhanced on its own."""
+        count, frames = rows.shape
+        step = progress_steps(progress, count * self.window_count(frames, sample_rate))
+        out = np.empty((count, frames), dtype=np.float32)  # (R, T)
+        for r in range(count):
+            out[r] = self._enhance_channel(rows[r], sample_rate, step)
+        return out
 
     def _enhance_channel(self, wave: np.ndarray, sample_rate: int, step: Callable[[], None]) -> np.ndarray:
         """(N,) at ``sample_rate`` -> (N,) at ``sample_rate``."""
@@ -406,17 +505,64 @@ class Enhancer:
 
     # -- files ----------------------------------------------------------------------------------------
 
+    def enhance_files(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        out_dir: str | Path,
+        *,
+        jobs: int = 1,
+        overwrite: bool = False,
+    ) -> BatchResult:
+        """Enhance files, directories and .scp/.txt lists into ``out_dir`` with ``steadyvoice enhance``'s
+        layout and rules (outputs keep relative paths and formats; existing outputs are kept unless
+        ``overwrite``), ``jobs`` files at once on threads sharing this model.
+
+        A bad input does not stop the others: it is listed in the result's ``failed`` (path and problem).
+        An ``out_dir`` that cannot be created or written to raises AudioError before any work.
+        """
+        out_dir = Path(out_dir)
+        problem = check_output_dir(out_dir)
+        if problem is not None:
+            raise AudioError(str(problem))
+        todo, problems = collect_jobs([inputs] if isinstance(inputs, (str, Path)) else inputs, out_dir)
+        result = run_jobs(todo, lambda job: self.enhance_file(job.source, job.output),
+                          is_done=lambda job: not overwrite and job.output.exists(), workers=jobs)
+        result.failed[:0] = problems
+        return result
+
+
     def enhance_file(
         self, in_path: str | Path, out_path: str | Path, *, progress: ProgressCallback | None = None
     ) -> None:
         """Enhance an audio file into ``out_path`` (written atomically) with the input's rate, channels,
-        length and, when the extension is the same, its container and subtype (e.g. PCM_24 stays PCM_24)."""
+        length and, when the extension is the same, its container and subtype (e.g. PCM_24 stays PCM_24).
+
+        A file short enough for one pass is read and enhanced whole. A longer one streams: it is read,
+        resampled, enhanced window by window and written block by block, so memory stays bounded by about
+        one window whatever its length (hours); the samples are those of enhancing the whole array.
+        """
         in_path, out_path = Path(in_path), Path(out_path)
         header = audio_io.info(in_path)
         if header.channels > MAX_CHANNELS:  # refuse before reading a huge multichannel file
             raise AudioError(f"{in_path}: {header.channels} channels is more than the {MAX_CHANNELS} supported")
         _check_sample_rate(header.sample_rate, str(in_path))
+        container, subtype = audio_io.matching_format(header, out_path)
+        if model_length(header.frames, header.sample_rate, self.sample_rate) > self.one_pass_max:
+            audio_io.write_audio_blocks(out_path, self._enhance_blocks(in_path, header, progress), header.sample_rate,
+                                        header.channels, subtype=subtype, format=container)
+            return
         samples, sample_rate = audio_io.read_audio(in_path)  # (N, C)
         enhanced = self._enhance(samples, sample_rate, progress, name=str(in_path), from_file=True)
-        container, subtype = audio_io.matching_format(header, out_path)
         audio_io.write_audio(out_path, enhanced, sample_rate, subtype=subtype, format=container)
+
+    def _enhance_blocks(self, in_path: Path, header: audio_io.AudioInfo,
+                        progress: ProgressCallback | None) -> Iterator[np.ndarray]:
+        """The file enhanced, as (n, C) blocks at its own rate: reading, resampling both ways and the
+        windows all stream (soxr's streaming resampler gives the samples of its one-call resampling)."""
+        rate, channels = header.sample_rate, header.channels
+        step = progress_steps(progress, channels * self.window_count(header.frames, rate))
+        source = audio_io.CountedBlocks(audio_io.read_blocks(in_path))  # (n, C) at the file's rate
+        at_model_rate = audio_io.resample_blocks(source, rate, self.sample_rate, channels)
+        enhanced = overlap_add_blocks(at_model_rate, self.plan, self._one_pass, step)  # at the model's rate
+        back = audio_io.resample_blocks(enhanced, self.sample_rate, rate, channels)
+        return audio_io.fit_length(back, source, channels)  # exactly the input's length

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from steadyvoice.audio import AUDIO_EXTENSIONS
 from steadyvoice.cli import main
 
 # model_dir (the tiny fixture model) and one_torch_thread come from conftest.py.
@@ -300,7 +301,6 @@ def test_empty_directory_and_unreadable_list_are_reported(model_dir, tmp_path, c
                           model=model_dir)
     assert code == 1
     assert error_lines(lines) == [
-        f"error: {tmp_path / 'nothing'}: no audio files (.wav, .flac, .ogg, .oga, .opus, .aiff, .aif, .au, .w64, "
-        ".caf, .mp3) in this directory",
+        f"error: {tmp_path / 'nothing'}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this directory",
         f"error: {tmp_path / 'bad.txt'}: cannot read list file (not a UTF-8 text file)",
     ]
