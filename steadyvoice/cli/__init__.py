@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "ckpt": "ckpt",
     "score": "score",
     "corpus": "corpus",
+    "models": "models",
 }
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "entry", "main"]
@@ -52,7 +53,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"steadyvoice {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the SteadyVoice and torch versions and the "
+                        "device --device auto finds, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     # Only import the module of the subcommand being run (plus all of them for --help).
@@ -73,6 +75,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             raise
         mod.register(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version: SteadyVoice's version, torch's and the device `auto` finds (torch is imported only here)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import platform
+
+        import torch
+
+        from steadyvoice.devices import choose_device
+
+        print(f"steadyvoice {__version__}")
+        print(f"torch {torch.__version__} (python {platform.python_version()})")
+        print(f"device: {choose_device('auto')}")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:

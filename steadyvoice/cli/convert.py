@@ -1,9 +1,11 @@
-"""``steadyvoice convert clearervoice SRC DEST``: official ClearerVoice checkpoint -> SteadyVoice model dir.
+"""``steadyvoice convert clearervoice SRC (DEST | --name NAME)``: official ClearerVoice checkpoint -> SteadyVoice
+model dir.
 
 Reads the ``.pt`` safely (no pickled code runs), infers the configuration from the tensor shapes, checks
 every weight, and writes DEST/model.safetensors + DEST/config.json (with the source file's name and
 SHA-256). A non-empty DEST that is not already a SteadyVoice model directory is left alone unless
-``--overwrite`` is given.
+``--overwrite`` is given. ``--name NAME`` instead of DEST installs the model as
+``$STEADYVOICE_HOME/models/NAME`` (see :mod:`steadyvoice.catalog`), so that ``--model NAME`` finds it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ def register(subparsers) -> None:
                                         "{'model': ...}, with or without DDP 'module.' prefixes). The network is "
                                         "recognised from its keys and shapes.")
     cv.add_argument("src", type=Path, help="the official .pt file")
-    cv.add_argument("dest", type=Path, help="output model directory")
+    cv.add_argument("dest", type=Path, nargs="?", help="output model directory (or give --name)")
+    cv.add_argument("--name", metavar="NAME",
+                    help="install as $STEADYVOICE_HOME/models/NAME instead of DEST, for --model NAME "
+                         "(e.g. mossformer2-se-48k; steadyvoice models lists the installed ones)")
     cv.add_argument("--sample-rate", type=int, default=None,
                     help="sample rate the model was trained at (not stored in the weights; default: the official "
                          "model's, e.g. 48000 for MossFormer2_SE_48K)")
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from steadyvoice.models import CONFIGS, architecture_of, count_parameters, save_pretrained
     from steadyvoice.models.clearervoice import load_official
 
-    dest: Path = args.dest
+    dest = _destination(args)
     _check_destination(dest, overwrite=args.overwrite)
     model, cfg = load_official(args.src, sample_rate=args.sample_rate, hop_length=args.hop_length)
     source = {
@@ -55,7 +60,21 @@ def run(args: argparse.Namespace) -> int:
     name = next((n for n, c in CONFIGS.items() if c == cfg), "custom")
     print(f"converted {args.src} -> {dest}: {architecture_of(cfg).name}, config {name} ({_summary(cfg)}), "
           f"{count_parameters(model):,} parameters")
+    if args.name:
+        print(f"use it as: --model {args.name}")
     return 0
+
+
+def _destination(args: argparse.Namespace) -> Path:
+    """DEST, or where a model called --name is installed; exactly one of the two."""
+    if (args.dest is None) == (args.name is None):
+        raise CheckpointError("give DEST (a model directory to write) or --name NAME (install into "
+                              "$STEADYVOICE_HOME/models/NAME), not both and not neither")
+    if args.name is None:
+        return args.dest
+    from steadyvoice.catalog import install_path
+
+    return install_path(args.name)
 
 
 def _check_destination(dest: Path, *, overwrite: bool) -> None:

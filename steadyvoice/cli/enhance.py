@@ -56,8 +56,8 @@ def register(subparsers) -> None:
                    help="where outputs go; - writes the one output to stdout")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="NAME",
-                        help="name of a shipped or installed model, see `steadyvoice models` (default: 'default', "
-                             "SteadyVoice's 16 kHz model)")
+                        help="name of a shipped or installed model, as steadyvoice models lists them "
+                             "(default: 'default', SteadyVoice's 16 kHz model)")
     source.add_argument(
         "--checkpoint",
         metavar="DIR",

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                         help="separation model directory (model.safetensors + config.json), e.g. from `steadyvoice "
                              "convert clearervoice` of an official MossFormer2_SS_16K checkpoint")
     source.add_argument("--model", metavar="NAME",
-                        help="name of an installed separation model, see `steadyvoice models` (none ships yet)")
+                        help="name of an installed separation model, as steadyvoice models lists them (none ships yet)")
     p.add_argument("--speakers", type=int, metavar="K",
                    help="talkers expected; a model that separates another number is refused")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
