@@ -108,7 +108,8 @@ def run(args) -> int:
         for problem in problems:
             _error(problem)
         done, skipped, failed = process_jobs(
-            jobs, lambda job, progress: enhancer.enhance_file(job.source, job.output, progress=progress),
+            jobs, _naming_stdin(lambda job, progress: enhancer.enhance_file(job.source, job.output, progress=progress),
+                                scratch),
             is_done=lambda job: job.output.exists(), overwrite=args.overwrite, workers=args.jobs, desc="enhance",
         )
         failed += len(problems)
@@ -162,6 +163,25 @@ def _with_stdin(jobs: list[Job], problems: list, scratch: Path, outdir: Path, fo
     if copy.stat().st_size == 0:
         return jobs, [*problems, Problem(PIPE, "stdin is empty; pipe an audio file in")]
     return [*jobs, Job(copy, outdir / f"stdin.{format or 'wav'}")], problems
+
+
+def _naming_stdin(work, scratch: Path | None):
+    """``work`` whose errors about the copy of stdin name it "stdin" rather than the temporary file."""
+    if scratch is None:
+        return work
+
+    def named(job: Job, progress) -> None:
+        try:
+            work(job, progress)
+        except SteadyVoiceError as exc:
+            copy = str(scratch / "stdin")
+            if copy not in str(exc):
+                raise
+            renamed = type(exc)(str(exc).replace(copy, "stdin"))
+            renamed.__dict__.update(exc.__dict__)  # e.g. its exit code
+            raise renamed from None
+
+    return named
 
 
 def _copy_to_stdout(path: Path) -> int:
