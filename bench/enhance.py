@@ -33,6 +33,13 @@ bench/out/enhance.json (methods) and bench/out/enhance-families.json (families).
     python bench/enhance.py --quick               # small config at 10 s; families at 4 s, one run each (~2 min)
     python bench/enhance.py --suite methods --configs mossformer2-se-48k --durations 10 60 300
     python bench/enhance.py --suite families --family-durations 4 10 30
+
+Before/after (``--baseline-rev REV``, methods suite): every case also runs with the ``steadyvoice`` package of
+git revision REV (extracted to a temporary directory and put first on the worker's PYTHONPATH), right before
+the working tree's run, and the ratios now/REV are printed: wall and CPU time of the run, peak-RSS increase,
+and the model's load time (``--configs`` also takes a model directory: load_pretrained is then timed).
+
+    python bench/enhance.py --suite methods --baseline-rev HEAD --configs MODEL_DIR --methods one-pass --threads 1
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +73,9 @@ def main() -> int:
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="registry config names")
     parser.add_argument("--durations", nargs="+", type=float, default=[10.0, 60.0], help="input seconds")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all", help="which suite to run (default: all)")
+    parser.add_argument("--suite", choices=(*SUITES, "all", "memory"), default="all",
+                        help="which suite to run (default: all = methods and families; memory only when asked: "
+                             "see bench/enhance_memory.py)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES),
                         help="families suite: 'default', a model directory or a registry config name; the first is "
                              "the baseline of the ratios")
@@ -75,8 +85,17 @@ def main() -> int:
                         help="methods: small config, 10 s only; families: 4 s only, one timed run")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per case; the fastest counts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per case (default: torch's choice)")
+    parser.add_argument("--baseline-rev", metavar="REV",
+                        help="methods suite: also run every case with the steadyvoice package of git revision REV "
+                             "and print the ratios against it")
+    parser.add_argument("--memory-minutes", nargs=2, type=float, default=[1.0, 180.0], metavar=("SHORT", "LONG"),
+                        help="memory suite: the two lengths compared (default: 1 and 180 minutes)")
     parser.add_argument("--worker", nargs=3, metavar=("CONFIG", "SECONDS", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.suite == "memory":  # peak RSS of a short vs an hours-long file (minutes of CPU, GBs of temp disk)
+        from enhance_memory import run_memory
+
+        return run_memory(*args.memory_minutes)
     if args.threads > 0:
         import torch
 
@@ -89,7 +108,7 @@ def main() -> int:
         args.configs, args.durations = [DEFAULT_CONFIGS[1]], [10.0]
     suites = SUITES if args.suite == "all" else (args.suite,)
     if "methods" in suites:
-        run_all(args.configs, args.durations, args.methods, args.threads, args.repeat)
+        run_all(args.configs, args.durations, args.methods, args.threads, args.repeat, args.baseline_rev)
     if "families" in suites:
         if "methods" in suites:
             print()
@@ -103,20 +122,47 @@ def main() -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def run_all(configs: list[str], durations: list[float], methods: list[str], threads: int, repeat: int) -> int:
+def run_all(configs: list[str], durations: list[float], methods: list[str], threads: int, repeat: int,
+            baseline_rev: str | None = None) -> int:
     import torch
 
     print(f"CPU benchmark, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; fastest of {repeat} runs per case; "
           "RANDOM-WEIGHT models (timing only); input at the model's rate")
-    results = []
-    for config in configs:
-        for seconds in durations:
-            for method in methods:
-                results.append(_run_and_print(config, seconds, method, threads, repeat))
+    with tempfile.TemporaryDirectory(prefix="steadyvoice-baseline-") as tmp:
+        baseline_src = _extract_package(baseline_rev, tmp) if baseline_rev else None
+        results, baselines = [], []
+        for config in configs:
+            for seconds in durations:
+                for method in methods:
+                    if baseline_src:
+                        print(f"  [{baseline_rev}]", end="")
+                        baselines.append(_run_and_print(config, seconds, method, threads, repeat, baseline_src))
+                    results.append(_run_and_print(config, seconds, method, threads, repeat))
     _print_ratios(results, methods)
+    if baseline_src:
+        _print_revision_ratios(results, baselines, baseline_rev)
     _write(results, "enhance.json")
     return 0
+
+
+def _extract_package(rev: str, into: str) -> str:
+    """The steadyvoice package of git revision ``rev``, extracted under ``into``; returns the import root."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "steadyvoice"], capture_output=True)
+    if archive.returncode != 0:
+        sys.exit(f"--baseline-rev {rev}: git archive failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, check=True)
+    return into
+
+
+def _print_revision_ratios(results: list[dict], baselines: list[dict], rev: str) -> None:
+    print(f"\nratios against revision {rev} measured right before each case (now / {rev}):")
+    for r, b in zip(results, baselines):
+        print(f"  {r['config']:28s} {r['seconds']:6.0f} s  {r['method']:12s} wall x{r['wall_s'] / b['wall_s']:.2f}  "
+              f"cpu x{r['cpu_s'] / b['cpu_s']:.2f}  memory x{_ratio(r['peak_increase_mb'], b['peak_increase_mb']):.2f}  "
+              f"load x{r['load_s'] / b['load_s']:.2f}  (load {b['load_s']:.2f} s -> {r['load_s']:.2f} s, "
+              f"RSS after load {b['rss_loaded_mb']:.0f} -> {r['rss_loaded_mb']:.0f} MB)")
 
 
 def run_families(families: list[str], durations: list[float], repeat: int) -> int:
@@ -155,10 +201,11 @@ def run_families(families: list[str], durations: list[float], repeat: int) -> in
     return 0
 
 
-def _run_and_print(config: str, seconds: float, method: str, threads: int, repeat: int) -> dict:
-    result = _run_worker(config, seconds, method, threads, repeat)
+def _run_and_print(config: str, seconds: float, method: str, threads: int, repeat: int,
+                   package_root: str | None = None) -> dict:
+    result = _run_worker(config, seconds, method, threads, repeat, package_root)
     print(f"  {config:28s} {seconds:6.0f} s  {method:12s} "
-          f"{result['wall_s']:7.2f} s  RTF {result['rtf']:.3f}  peak RSS {result['peak_rss_mb']:7.0f} MB "
+          f"{result['wall_s']:7.2f} s (cpu {result['cpu_s']:.2f} s)  RTF {result['rtf']:.3f}  peak RSS {result['peak_rss_mb']:7.0f} MB "
           f"(+{result['peak_increase_mb']:.0f} MB over the loaded model)  {result['parameters'] / 1e6:.2f} M params  "
           f"{result['weights_mb']:.1f} MB weights  {result['windows'] or '-'} window(s)", flush=True)
     return result
@@ -174,9 +221,16 @@ def _write(results: list[dict], name: str) -> None:
     print(f"written {OUT_DIR / name}")
 
 
-def _run_worker(config: str, seconds: float, method: str, threads: int, repeat: int) -> dict:
+def _run_worker(config: str, seconds: float, method: str, threads: int, repeat: int,
+                package_root: str | None = None) -> dict:
+    """One case in a fresh process; ``package_root`` (a directory holding another steadyvoice) goes first on
+    its PYTHONPATH."""
+    env = dict(os.environ)
+    if package_root:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, __file__, "--worker", config, str(seconds), method,
-                           "--threads", str(threads), "--repeat", str(repeat)], capture_output=True, text=True)
+                           "--threads", str(threads), "--repeat", str(repeat)], capture_output=True, text=True,
+                          env=env)
     if proc.returncode != 0:
         sys.exit(f"benchmark case {config} {seconds} s {method} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -207,20 +261,24 @@ def run_case(config: str, seconds: float, method: str, repeat: int) -> dict:
 
     from steadyvoice.models import count_parameters
 
+    start = time.perf_counter()
     model, cfg, weights = _load(config)
+    load_s = time.perf_counter() - start
+    rss_loaded = _proc_status_mb("VmRSS")
     wave = _input(seconds, cfg.sample_rate)
     run, runner = _method(method, model, cfg)
     run(wave[: cfg.sample_rate])  # warm-up on 1 s (allocator, kernels)
     rss_before = _reset_peak_and_read_rss_mb()
-    wall = float("inf")
+    wall = cpu = float("inf")
     for _ in range(max(1, repeat)):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = run(wave)
-        wall = min(wall, time.perf_counter() - start)
+        wall, cpu = min(wall, time.perf_counter() - start), min(cpu, time.process_time() - cpu_start)
         assert out.shape[-1] == wave.shape[-1] and np.isfinite(out).all()  # separation: (S, N)
     increase = _high_water_mb() - rss_before
     return {"config": config, "architecture": type(cfg).__name__, "seconds": seconds, "method": method,
-            "wall_s": wall, "rtf": wall / seconds, "peak_rss_mb": _peak_rss_mb(), "peak_increase_mb": increase,
+            "wall_s": wall, "cpu_s": cpu, "load_s": load_s, "rss_loaded_mb": rss_loaded,
+            "rtf": wall / seconds, "peak_rss_mb": _peak_rss_mb(), "peak_increase_mb": increase,
             "threads": torch.get_num_threads(), "repeat": repeat, "load_average": os.getloadavg()[0],
             "parameters": count_parameters(model),
             "weights_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20,

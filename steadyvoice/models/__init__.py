@@ -152,6 +152,22 @@ def build_model(cfg: Any) -> nn.Module:
     return architecture_of(cfg).model_class(cfg)
 
 
+def _build_for_loading(cfg: Any) -> nn.Module:
+    """The model for ``cfg`` with every parameter on the meta device: no random initialisation and no
+    parameter memory (0.6 s and 170 MB for the official-size MossFormer2-SE), for weights about to be
+    assigned by ``load_state_dict_strict(..., assign=True)``. Buffers (fixed tables that no weights file
+    holds, normalisation statistics) are built for real, so only what loading replaces is skipped."""
+
+    def to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> nn.Parameter | None:
+        return None if param is None else nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(to_meta)
+    try:
+        return build_model(cfg)
+    finally:
+        handle.remove()
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameter values (shared parameters once; fixed tables are buffers, not counted)."""
     return sum(p.numel() for p in _unwrap(model).parameters())
@@ -173,11 +189,13 @@ def load_state_dict_strict(
     where: str,
     error: type[Exception] = ModelError,
     describe: Callable[[str], str] | None = None,
+    assign: bool = False,
 ) -> None:
     """Load ``sd`` into ``model`` only if every key and shape fits; otherwise raise ``error`` naming the key.
 
     ``describe(key)`` renders a key for messages (e.g. with the official name next to ours).
-    Floating-point tensors of another precision are converted to the model's dtype.
+    Floating-point tensors of another precision are converted to the model's dtype. ``assign=True`` makes
+    the tensors of ``sd`` the model's own (no copy; the model may then be built on the meta device).
     """
     name = describe or (lambda k: f"'{k}'")
     expected = model.state_dict()
@@ -202,7 +220,7 @@ def load_state_dict_strict(
             converted[key] = have  # integer / boolean buffers (counters, masks) load as they are
         else:
             raise error(f"{where}: weight {name(key)} has dtype {have.dtype}; the model expects {want.dtype}")
-    model.load_state_dict(converted, strict=True)
+    model.load_state_dict(converted, strict=True, assign=assign)
 
 
 # ---- the model directory format -----------------------------------------------------------------------
@@ -315,8 +333,12 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Model directory (or a file inside it) -> (model in eval mode on ``device``, config)."""
     cfg = read_model_config(path)
     sd, weights_path = read_pretrained_weights(path)
-    model = build_model(cfg)
-    load_state_dict_strict(model, sd, where=str(weights_path))
+    model = _build_for_loading(cfg)
+    load_state_dict_strict(model, sd, where=str(weights_path), assign=True)
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # a module computed a buffer from an uninitialised parameter: a bug in that module
+        raise ModelError(f"{weights_path}: {left[0]!r} was not loaded (built on the meta device); "
+                         "please report this with the model's config.json")
     return model.to(device).eval(), cfg
 
 
