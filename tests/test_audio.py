@@ -85,3 +85,28 @@ def test_resample_to_length(sr_in, sr_out):
     core = slice(sr_in // 10, -sr_in // 10)
     assert np.max(np.abs(back[core] - x[core])) < 0.01
     assert audio.resample(x, sr_in, sr_in) is x
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "opus", "mp3"])
+def test_block_writes_give_the_bytes_of_one_write(tmp_path, ext):
+    """The bytes depend on the samples only, not on how they were cut into blocks (libsndfile's Ogg
+    encoders cut pages where its write calls end: the writer re-blocks Ogg)."""
+    x = np.random.default_rng(0).uniform(-0.3, 0.3, (48000 * 3 + 77, 2)).astype(np.float32)
+    audio.write_audio(tmp_path / f"whole.{ext}", x, 48000)
+    for size in (1000, 65536, 100_000):
+        audio.write_audio_blocks(tmp_path / f"blocks.{ext}", (x[i : i + size] for i in range(0, len(x), size)), 48000, 2)
+        assert (tmp_path / f"blocks.{ext}").read_bytes() == (tmp_path / f"whole.{ext}").read_bytes()
+    assert audio.info(tmp_path / f"whole.{ext}").subtype == {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS",
+                                                             "opus": "OPUS", "mp3": "MPEG_LAYER_III"}[ext]
+
+
+def test_a_failing_producer_leaves_nothing_and_keeps_its_error(tmp_path):
+    def blocks():
+        yield np.zeros((1000, 1), np.float32)
+        raise KeyError("the producer's own error")
+
+    with pytest.raises(KeyError, match="the producer's own error"):
+        audio.write_audio_blocks(tmp_path / "out.flac", blocks(), 16000, 1)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(AudioError, match=r"x\.opus: Opus cannot hold 44100 Hz audio"):
+        audio.write_audio(tmp_path / "x.opus", np.zeros(100, np.float32), 44100)

@@ -68,3 +68,16 @@ def test_pipe_mistakes_are_errors_with_nothing_on_stdout(model_dir, tmp_path, ar
     proc = enhance(*[tmp_path / a if a.endswith(".wav") else a for a in args], "--checkpoint", model_dir, stdin=stdin)
     assert proc.returncode in (1, 2) and proc.stdout == b""
     assert message in proc.stderr.decode()
+
+
+def test_format_names_the_output_container_of_files(noisy, model_dir, tmp_path, capsys):
+    from steadyvoice.cli import main
+
+    assert main(["enhance", str(noisy), "-o", str(tmp_path), "--format", "flac", "--checkpoint", str(model_dir),
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    out = sf.info(tmp_path / "noisy.flac")
+    assert (out.format, out.samplerate, out.channels, out.frames) == ("FLAC", SR, 2, SR * 2 + 11)
+    assert not (tmp_path / "noisy.wav").exists()
+    with pytest.raises(SystemExit):
+        main(["enhance", str(noisy), "-o", str(tmp_path), "--format", "m4a"])
+    assert "invalid choice: 'm4a'" in capsys.readouterr().err
