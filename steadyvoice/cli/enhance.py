@@ -12,9 +12,9 @@ are skipped). Where outputs go under OUTDIR:
 Outputs keep the input's container, subtype, sample rate, channel count and length, and are written
 atomically. --format EXT (wav, flac, ogg, opus, mp3, ...) writes that container instead. Inputs read
 through PyAV (m4a, aac, webm, mp4, mkv, mov, ...: pip install 'steadyvoice[formats]') are written as
-.flac unless --format says otherwise. An output that already exists is skipped unless --overwrite. A bad input gets one
-"error: <file>: <problem>" line and the batch goes on; exit code 1 if any file failed, 2 if nothing could
-be done (no model, an OUTDIR that cannot be created or written to).
+.flac unless --format says otherwise. An output that already exists is skipped unless --overwrite. A
+bad input gets one "error: <file>: <problem>" line and the batch goes on; exit code 1 if any file
+failed, 2 if nothing could be done (no model, an OUTDIR that cannot be created or written to).
 
 Pipes: INPUT - reads one audio file from stdin (any format SteadyVoice reads; it is buffered to a
 temporary file); with -o OUTDIR it becomes OUTDIR/stdin.wav. -o - writes the one enhanced file to stdout
