@@ -359,6 +359,9 @@ def _model_dir_for(name_or_dir: str | Path) -> Path:
             _check_model_dir(path.parent)
             return path.parent
         raise ModelError(f"{path}: is a file, not a model directory; {_hint_for_file(path)}")
+    if path.name in ("best", "last") and (path.parent / "checkpoints").is_dir():  # RUN_DIR/best of a training run
+        raise ModelError(f"{path}: names a training checkpoint, not a model directory; make one with "
+                         f"`steadyvoice ckpt export {path} OUT_DIR` and pass OUT_DIR")
     model_dir = catalog.lookup(str(name_or_dir), how_to=_HOW_TO_GET_A_MODEL)  # a shipped or user model's name
     _check_model_dir(model_dir)
     return model_dir
@@ -373,6 +376,9 @@ def _check_model_dir(path: Path) -> None:
             f"{path}: is a training checkpoint, not a model directory; "
             "make one with `steadyvoice ckpt export` and pass that"
         )
+    if (path / "checkpoints").is_dir():
+        raise ModelError(f"{path}: is a training run directory, not a model directory; make one from its best "
+                         f"checkpoint with `steadyvoice ckpt export {path} OUT_DIR --best` and pass OUT_DIR")
     raise ModelError(f"{path}: not a model directory (missing {', '.join(missing)}); {_HOW_TO_GET_A_MODEL}")
 
 

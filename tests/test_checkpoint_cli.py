@@ -204,3 +204,13 @@ def test_missing_or_damaged_best_is_a_clear_error(run, tmp_path, capsys):
     assert "--best picks the best checkpoint of a run directory" in capsys.readouterr().err
     assert cli(["ckpt", "export", str(tmp_path / "nope" / "best"), str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope' / 'best'}: no such run directory ({tmp_path / 'nope'}), so it has no best checkpoint"
+
+
+def test_enhance_given_a_run_says_to_export_it(run, tmp_path, capsys):
+    wav = str(run[1][0] / "c0.wav")
+    for given, said in ((run[0], f"is a training run directory, not a model directory; make one from its best checkpoint "
+                                 f"with `steadyvoice ckpt export {run[0]} OUT_DIR --best`"),
+                        (run[0] / "best", f"names a training checkpoint, not a model directory; make one with "
+                                          f"`steadyvoice ckpt export {run[0] / 'best'} OUT_DIR`")):
+        assert cli(["enhance", "--checkpoint", str(given), "-o", str(tmp_path / "out"), wav]) == 2
+        assert f"error: {given}: {said}" in capsys.readouterr().err
