@@ -130,15 +130,14 @@ def truncate_run(source: Path, dest: Path, k: int) -> Path:
 
 def reseal(step_dir: Path) -> None:
     """Recompute the manifest of an edited checkpoint: a forgery (or a buggy writer) that verifies."""
-    import hashlib
-
+    from steadyvoice.checkpoint.checksum import DEFAULT_ALGORITHM, checksum_file
     from steadyvoice.checkpoint.format import FileEntry, build_manifest, read_manifest
 
     old = read_manifest(step_dir)
     files = {}
     for name in old.files:
-        data = (step_dir / name).read_bytes()
-        files[name] = FileEntry(len(data), hashlib.sha256(data).hexdigest())
+        path = step_dir / name
+        files[name] = FileEntry(path.stat().st_size, checksum_file(path, DEFAULT_ALGORITHM), DEFAULT_ALGORITHM)
     (step_dir / "manifest.json").write_bytes(build_manifest(old.step, files, old.info)[0])
 
 

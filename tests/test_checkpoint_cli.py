@@ -51,7 +51,7 @@ def test_verify_ok_and_damaged(run, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert sorted(lines) == sorted([
         f"INVALID  {damaged / 'checkpoints' / 'step-00000003' / 'state.json'}: missing (listed in manifest.json): the file was deleted",
-        f"INVALID  {target}: SHA-256 checksum mismatch: the file is damaged (bit flip, partial overwrite) or was replaced",
+        f"INVALID  {target}: XXH3-128 checksum mismatch: the file is damaged (bit flip, partial overwrite) or was replaced",
     ])
     assert cli(["ckpt", "verify", str(damaged / "checkpoints" / "step-00000004")]) == 1
     assert cli(["ckpt", "list", str(damaged)]) == 1

@@ -76,23 +76,23 @@ def _edit_lr(step_dir) -> None:
 
 def _flip_manifest_digit(step_dir) -> None:
     text = (step_dir / "manifest.json").read_text()
-    i = text.index('"sha256": "') + len('"sha256": "')
-    j = next(k for k in range(i, i + 64) if text[k] in "abcdef")
+    i = text.index('"checksum": "') + len('"checksum": "')
+    j = next(k for k in range(i, i + 32) if text[k] in "abcdef")
     (step_dir / "manifest.json").write_text(text[:j] + chr(ord(text[j]) ^ 1) + text[j + 1:])
 
 
 CASES = {
-    "bitflip-model": (lambda d: _flip(d / "model.safetensors"), "model.safetensors", "SHA-256 checksum mismatch"),
-    "bitflip-optimizer": (lambda d: _flip(d / "optimizer.safetensors"), "optimizer.safetensors", "SHA-256 checksum mismatch"),
-    "bitflip-rng-tensors": (lambda d: _flip(d / "state.safetensors", 100), "state.safetensors", "SHA-256 checksum mismatch"),
-    "bitflip-state-json": (lambda d: _flip(d / "state.json", 40), "state.json", "SHA-256 checksum mismatch"),
+    "bitflip-model": (lambda d: _flip(d / "model.safetensors"), "model.safetensors", "XXH3-128 checksum mismatch"),
+    "bitflip-optimizer": (lambda d: _flip(d / "optimizer.safetensors"), "optimizer.safetensors", "XXH3-128 checksum mismatch"),
+    "bitflip-rng-tensors": (lambda d: _flip(d / "state.safetensors", 100), "state.safetensors", "XXH3-128 checksum mismatch"),
+    "bitflip-state-json": (lambda d: _flip(d / "state.json", 40), "state.json", "XXH3-128 checksum mismatch"),
     "bitflip-manifest": (_flip_manifest_digit, "manifest.json", "does not match its own digest"),
     "truncated": (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:300]),
                   "model.safetensors", r"is truncated or was modified: 300 bytes, manifest.json says \d+"),
     "zero-length": (lambda d: (d / "optimizer.safetensors").write_bytes(b""), "optimizer.safetensors", r"is empty \(0 bytes\)"),
     "deleted": (lambda d: (d / "state.safetensors").unlink(), "state.safetensors", r"missing \(listed in manifest.json\)"),
     "missing-manifest": (lambda d: (d / "manifest.json").unlink(), "manifest.json", "missing: the save never completed"),
-    "edited-state-json": (_edit_lr, "state.json", "SHA-256 checksum mismatch"),
+    "edited-state-json": (_edit_lr, "state.json", "XXH3-128 checksum mismatch"),
     "edited-manifest-json": (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace('"reason": "periodic"', '"reason": "edited"')),
                              "manifest.json", "does not match its own digest"),
     "broken-manifest-json": (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text()[:-20]),
@@ -167,7 +167,7 @@ def test_every_checkpoint_damaged_is_an_error_never_a_fresh_start(template, tmp_
         Checkpointer(run, CFG).restore(fresh.parts)
     text = str(info.value)
     assert "checkpoints exist but none can be used" in text and "Refusing to start from scratch" in text
-    assert "step-00000001/model.safetensors: SHA-256 checksum mismatch" in text
+    assert "step-00000001/model.safetensors: XXH3-128 checksum mismatch" in text
     assert "step-00000002/manifest.json: missing" in text and "--restart" in text
     assert all(torch.equal(before[k], v) for k, v in fresh.model.state_dict().items())
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]  # untouched

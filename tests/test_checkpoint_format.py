@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import xxhash
 from safetensors.torch import load_file
 
 from ckpt_toy import ToyTrainer, assert_same_state, seed_all
@@ -100,7 +101,9 @@ def test_layout_optimizer_by_name_and_json_state(tmp_path):
     manifest = read_manifest(step_dir)
     assert set(manifest.files) == {"model.safetensors", "optimizer.safetensors", "state.json", "state.safetensors"}
     for name, entry in manifest.files.items():
-        assert (step_dir / name).stat().st_size == entry.size and len(entry.sha256) == 64
+        data = (step_dir / name).read_bytes()
+        assert len(data) == entry.size and entry.algorithm == "xxh3_128"
+        assert entry.checksum == xxhash.xxh3_128(data).hexdigest()  # the bytes on disk, hashed independently
     assert verify_dir(step_dir).valid
     for path in step_dir.iterdir():  # no pickle anywhere: safetensors or JSON only
         head = path.read_bytes()[:2]

@@ -233,7 +233,7 @@ class Checkpointer:
         self.writer.submit(lambda: self._write(snap))
 
     def _write(self, snap) -> None:
-        path = self.store.commit(snap.step, snap.producers(), snap.info)
+        path = self.store.commit(snap.step, snap.writers(), snap.info)
         self.last_saved = path
         for deleted in self.store.retain(self.cfg.keep_last, self.cfg.keep_best, self.cfg.keep_every):
             log.info("retention: deleted %s", deleted)

@@ -1,6 +1,6 @@
 """The on-disk format of one checkpoint directory, and how it is verified.
 
-A checkpoint is a directory ``run_dir/checkpoints/step-00001234/`` holding (format version 2)::
+A checkpoint is a directory ``run_dir/checkpoints/step-00001234/`` holding (format version 3)::
 
     <model part>.safetensors      a model part's state_dict, keyed by name (``model.safetensors``; a GAN
                                   adds ``discriminator.safetensors``)
@@ -10,10 +10,13 @@ A checkpoint is a directory ``run_dir/checkpoints/step-00001234/`` holding (form
     state.json                    "parts": every named part (kind, file, param groups, JSON state, the RNG
                                   of every rank), plus step, epoch, resolved config, world size, versions,
                                   metrics, reason
-    manifest.json                 written LAST: size + SHA-256 of every other file and a digest of itself
+    manifest.json                 written LAST: the size and checksum of every other file (with the name
+                                  of its algorithm, see :mod:`steadyvoice.checkpoint.checksum`) and a
+                                  SHA-256 digest of itself
 
-Version 1 (before named parts) had the same files with a fixed ``trainer`` dict in state.json; it is
-still read (:mod:`steadyvoice.checkpoint.v1`).
+Version 2 had the same files with a SHA-256 of each (``{"size", "sha256"}``); version 1 (before named
+parts) also had a fixed ``trainer`` dict in state.json (:mod:`steadyvoice.checkpoint.v1`). Both are
+still read and verified.
 
 ``manifest.json`` is the commit marker: a directory without a valid manifest does not exist as far as
 resume is concerned. Nothing here is ever read with pickle: tensors come from safetensors, the rest is JSON.
@@ -27,15 +30,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from steadyvoice.checkpoint.checksum import ALGORITHMS, DEFAULT_ALGORITHM, LABELS, SHA256, checksum, checksum_file
+from steadyvoice.checkpoint.threads import parallel_map
 from steadyvoice.errors import EXIT_FAILED, CheckpointError, Problem
 
 FORMAT = "steadyvoice-checkpoint"
-FORMAT_VERSION = 2  # bump on incompatible layout changes; readers refuse versions they do not know
-READABLE_VERSIONS = (1, 2)  # version 1: before named parts (steadyvoice.checkpoint.v1 upgrades it)
+FORMAT_VERSION = 3  # bump on incompatible layout changes; readers refuse versions they do not know
+READABLE_VERSIONS = (1, 2, 3)  # 1: before named parts (steadyvoice.checkpoint.v1 upgrades it); 1, 2: SHA-256 only
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.safetensors"
@@ -57,7 +65,6 @@ def required_files(version: int) -> tuple[str, ...]:
 STEP_DIR_PREFIX = "step-"
 
 _LFS_POINTER_HEAD = b"version https://git-lfs.github.com/spec/"
-_HASH_CHUNK = 8 << 20
 
 
 def step_dir_name(step: int) -> str:
@@ -85,7 +92,8 @@ class CorruptCheckpointError(CheckpointError):
 @dataclass(frozen=True)
 class FileEntry:
     size: int
-    sha256: str
+    checksum: str  # hex
+    algorithm: str = DEFAULT_ALGORITHM  # one of checksum.ALGORITHMS (versions 1 and 2: always sha256)
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,8 @@ def build_manifest(step: int, files: dict[str, FileEntry], info: dict[str, Any])
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "step": step,
-        "files": {name: {"size": e.size, "sha256": e.sha256} for name, e in sorted(files.items())},
+        "files": {name: {"size": e.size, "algorithm": e.algorithm, "checksum": e.checksum}
+                  for name, e in sorted(files.items())},
         "info": info,
     }
     digest = hashlib.sha256(canonical_json(body)).hexdigest()
@@ -195,14 +204,27 @@ def read_manifest(ckpt_dir: Path) -> Manifest:
         )
     try:
         step = int(data["step"])
-        files = {name: FileEntry(int(e["size"]), str(e["sha256"])) for name, e in data["files"].items()}
+        files = {name: _file_entry(e, version) for name, e in data["files"].items()}
         info = dict(data.get("info") or {})
     except (KeyError, TypeError, ValueError, AttributeError):
         raise CorruptCheckpointError([Problem(path, "has a malformed structure (step/files): written by a broken tool?")]) from None
+    unknown = {name: e.algorithm for name, e in files.items() if e.algorithm not in ALGORITHMS}
+    if unknown:
+        raise CorruptCheckpointError([Problem(path, "names a checksum algorithm this SteadyVoice does not know ("
+                                              + ", ".join(f"{a!r} for {n}" for n, a in sorted(unknown.items()))
+                                              + f"; it knows {', '.join(ALGORITHMS)}): upgrade steadyvoice to verify "
+                                              "this checkpoint")])
     missing = [name for name in required_files(version) if name not in files]
     if missing:
         raise CorruptCheckpointError([Problem(path, f"does not list {', '.join(missing)}: incomplete checkpoint")])
     return Manifest(step=step, files=files, info=info, digest=digest, format_version=version)
+
+
+def _file_entry(entry: dict, version: int) -> FileEntry:
+    """One file of the manifest: versions 1 and 2 list {"size", "sha256"}, version 3 {"size", "algorithm", "checksum"}."""
+    if version < 3:
+        return FileEntry(int(entry["size"]), str(entry["sha256"]), SHA256)
+    return FileEntry(int(entry["size"]), str(entry["checksum"]), str(entry["algorithm"]))
 
 
 def _version_problem(path: Path, version: Any) -> Problem:
@@ -243,64 +265,71 @@ def _size_problem(path: Path, actual: int, expected: int) -> Problem:
     return _bad_file_problem(path, what)
 
 
-def _checksum_problem(path: Path) -> Problem:
+def _checksum_problem(path: Path, algorithm: str) -> Problem:
     return _bad_file_problem(
-        path, "SHA-256 checksum mismatch: the file is damaged (bit flip, partial overwrite) or was replaced"
+        path, f"{LABELS[algorithm]} checksum mismatch: the file is damaged (bit flip, partial overwrite) or was replaced"
     )
 
 
-def _sha256_of_file(f) -> str:
-    """Hex SHA-256 of an open binary file, streamed: hashlib.file_digest (3.11+) or 1 MiB chunks (3.10)."""
-    file_digest = getattr(hashlib, "file_digest", None)
-    if file_digest is not None:
-        return file_digest(f, "sha256").hexdigest()
-    h = hashlib.sha256()
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-    return h.hexdigest()
+def _file_problem(path: Path, entry: FileEntry) -> Problem | None:
+    """Stream the file through its checksum (one reused buffer): the problem found, or None."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return Problem(path, "missing (listed in manifest.json): the file was deleted")
+    if size != entry.size:
+        return _size_problem(path, size, entry.size)
+    try:
+        digest = checksum_file(path, entry.algorithm)
+    except OSError as exc:
+        return Problem(path, f"cannot be read ({exc.strerror})")
+    return _checksum_problem(path, entry.algorithm) if digest != entry.checksum else None
 
 
 def verify_files(ckpt_dir: Path, manifest: Manifest) -> list[Problem]:
-    """Stream-hash every file the manifest lists; return every problem found (empty list = valid)."""
-    problems = []
-    for name, entry in sorted(manifest.files.items()):
-        path = Path(ckpt_dir) / name
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            problems.append(Problem(path, "missing (listed in manifest.json): the file was deleted"))
-            continue
-        if size != entry.size:
-            problems.append(_size_problem(path, size, entry.size))
-            continue
-        try:
-            with open(path, "rb") as f:
-                digest = _sha256_of_file(f)
-        except OSError as exc:
-            problems.append(Problem(path, f"cannot be read ({exc.strerror})"))
-            continue
-        if digest != entry.sha256:
-            problems.append(_checksum_problem(path))
-    return problems
+    """Checksum every file the manifest lists, two files at a time; every problem found (empty list = valid)."""
+    names = sorted(manifest.files)
+    found = parallel_map(lambda name: _file_problem(Path(ckpt_dir) / name, manifest.files[name]), names)
+    return [p for p in found if p is not None]
 
 
-def read_verified(ckpt_dir: Path, manifest: Manifest, name: str) -> bytes:
-    """The bytes of file ``name``, checked against the manifest before they are used."""
+def read_verified(ckpt_dir: Path, manifest: Manifest, name: str) -> np.ndarray:
+    """The bytes of file ``name`` (uint8, read once into fresh memory), checked against the manifest.
+
+    The checksum is computed over exactly these bytes, and callers parse these bytes (tensors are views
+    of them): nothing is read from the disk again after the check.
+    """
     path = Path(ckpt_dir) / name
     entry = manifest.files.get(name)
     if entry is None:
         raise CorruptCheckpointError([Problem(Path(ckpt_dir) / MANIFEST_FILE, f"does not list {name}")])
     try:
-        raw = path.read_bytes()
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != entry.size:
+                raise CorruptCheckpointError([_size_problem(path, size, entry.size)])
+            buf = np.empty(size, dtype=np.uint8)  # not zero-filled: no page is touched twice
+            got = _read_into(f, memoryview(buf))
     except FileNotFoundError:
         raise CorruptCheckpointError([Problem(path, "missing (listed in manifest.json): the file was deleted")]) from None
     except OSError as exc:
         raise CorruptCheckpointError([Problem(path, f"cannot be read ({exc.strerror})")]) from None
-    if len(raw) != entry.size:
-        raise CorruptCheckpointError([_size_problem(path, len(raw), entry.size)])
-    if hashlib.sha256(raw).hexdigest() != entry.sha256:
-        raise CorruptCheckpointError([_checksum_problem(path)])
-    return raw
+    if got != entry.size:  # shrank while being read
+        raise CorruptCheckpointError([_size_problem(path, got, entry.size)])
+    if checksum(buf, entry.algorithm) != entry.checksum:
+        raise CorruptCheckpointError([_checksum_problem(path, entry.algorithm)])
+    return buf
+
+
+def _read_into(f, view: memoryview) -> int:
+    """readinto until ``view`` is full or the file ends; the number of bytes read."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 @dataclass

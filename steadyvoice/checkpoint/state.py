@@ -35,8 +35,6 @@ from typing import Any
 import numpy as np
 import safetensors
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from steadyvoice.checkpoint.format import (
     FORMAT,
@@ -48,6 +46,7 @@ from steadyvoice.checkpoint.format import (
     part_file,
     pretty_json,
 )
+from steadyvoice.checkpoint.tensorfile import Sink, write_tensors
 from steadyvoice.errors import CheckpointError
 
 
@@ -148,11 +147,11 @@ class Snapshot:
     state: dict[str, Any]  # state.json, JSON-ready
     info: dict[str, Any]  # copied into manifest.json for listing
 
-    def producers(self) -> list[tuple[str, Callable[[], bytes]]]:
-        """(file name, producer of its bytes), in write order; manifest.json is added by the store."""
-        out: list[tuple[str, Callable[[], bytes]]] = [
-            (name, lambda t=tensors: st_save(t, metadata={"format": FORMAT})) for name, tensors in self.files.items()]
-        out.append((STATE_FILE, lambda: pretty_json(self.state)))
+    def writers(self) -> list[tuple[str, Callable[[Sink], None]]]:
+        """(file name, writer of its content to a sink), in write order; manifest.json is added by the store."""
+        out: list[tuple[str, Callable[[Sink], None]]] = [
+            (name, lambda sink, t=tensors: write_tensors(sink, t, {"format": FORMAT})) for name, tensors in self.files.items()]
+        out.append((STATE_FILE, lambda sink: sink.write(pretty_json(self.state))))
         return out
 
 
@@ -270,13 +269,6 @@ def _optimizer_state(entry: dict, tensors: dict[str, torch.Tensor], file: Path, 
         for skey, value in scalars.items():
             state.setdefault(param, {})[skey] = _decode(value, tensors, where)
     return {"param_groups": groups, "state": state}
-
-
-def parse_tensors(path: Path, raw: bytes) -> dict[str, torch.Tensor]:
-    try:
-        return st_load(raw)
-    except Exception as exc:  # safetensors raises its own SafetensorError for malformed headers
-        raise CorruptCheckpointError([Problem(path, f"is not a valid safetensors file ({exc})")]) from None
 
 
 # ------------------------------------------------------------------------------------------ RNG re-derivation

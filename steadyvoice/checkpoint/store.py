@@ -3,8 +3,9 @@
 Commit protocol (a crash or kill -9 at any point leaves either the old set of checkpoints or the old set
 plus the complete new one, never a half-written "valid" one)::
 
-    checkpoints/.tmp-step-00001234-<pid>-<token>/   every file written and fsync'ed, manifest.json last,
-                                                   then the directory fsync'ed
+    checkpoints/.tmp-step-00001234-<pid>-<token>/   every file written (checksummed as its bytes go out)
+                                                   and fsync'ed, manifest.json last, then the directory
+                                                   fsync'ed
     rename -> checkpoints/step-00001234/            atomic on POSIX; then the parent is fsync'ed
     retention                                       old checkpoints deleted only after the commit
 
@@ -15,17 +16,16 @@ reported) by :meth:`CheckpointStore.clean_stale` at the start of a run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterable
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steadyvoice.checkpoint.checksum import DEFAULT_ALGORITHM, new_hasher
 from steadyvoice.checkpoint.format import (
     MANIFEST_FILE,
     CorruptCheckpointError,
@@ -37,6 +37,7 @@ from steadyvoice.checkpoint.format import (
     read_manifest,
     step_dir_name,
 )
+from steadyvoice.checkpoint.threads import parallel_map
 from steadyvoice.errors import EXIT_FAILED, CheckpointError
 from steadyvoice.fileio import fsync_dir, write_all
 
@@ -80,37 +81,38 @@ def write_file(path: Path, data: bytes | memoryview) -> None:
         os.close(fd)
 
 
-def parallel_map(fn: Callable, items: list, workers: int) -> list:
-    """``[fn(x) for x in items]`` on ``workers`` threads, in order; the first exception is re-raised.
+class ChecksummedFile:
+    """A new file (O_EXCL) in the temporary checkpoint directory whose every byte is checksummed as it is
+    written: the checksum is of the bytes handed to the disk, and nothing is read back."""
 
-    Hand-written because concurrent.futures refuses new work once the interpreter is shutting down,
-    and the last save of a run may be written exactly then (the process waits for it).
-    """
-    results: list = [None] * len(items)
-    errors: list[BaseException] = []
-    next_index = iter(range(len(items)))
-    lock = threading.Lock()
+    _CHUNK = 1 << 20  # hash a piece, then write it while it is still in the CPU cache
 
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(next_index, None)
-            if i is None or errors:
-                return
-            try:
-                results[i] = fn(items[i])
-            except BaseException as exc:  # re-raised in the calling thread below
-                errors.append(exc)
-                return
+    def __init__(self, path: Path, algorithm: str = DEFAULT_ALGORITHM):
+        self.algorithm = algorithm
+        self._hasher = new_hasher(algorithm)
+        self.size = 0
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
-    threads = [threading.Thread(target=worker, name="steadyvoice-checkpoint-file") for _ in range(min(workers, len(items)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
+    def write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), self._CHUNK):
+            piece = view[start : start + self._CHUNK]
+            self._hasher.update(piece)
+            write_all(self._fd, piece)
+        self.size += len(view)
+
+    def commit(self) -> FileEntry:
+        """fsync and close; the file's manifest entry."""
+        try:
+            os.fsync(self._fd)
+        finally:
+            self.close()
+        return FileEntry(self.size, self._hasher.hexdigest(), self.algorithm)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
 
 def _token() -> str:
@@ -183,22 +185,26 @@ class CheckpointStore:
         return best[-1] if best else None
 
     # ------------------------------------------------------------------------------------------ commit
-    def commit(self, step: int, files: Iterable[tuple[str, Callable[[], bytes]]], info: dict[str, Any]) -> Path:
-        """Write ``files`` (name, producer of bytes) as checkpoint ``step`` atomically; return its path.
+    def commit(self, step: int, files: Iterable[tuple[str, Callable[[ChecksummedFile], None]]],
+               info: dict[str, Any]) -> Path:
+        """Write ``files`` (name, writer of its content) as checkpoint ``step`` atomically; return its path.
 
-        At most two producers run at a time (two serialised files in memory at once). On any
+        Each writer writes its file's content to the :class:`ChecksummedFile` it is given. On any
         OSError (disk full, permissions) the temporary directory is removed, every earlier checkpoint is
         untouched, and a CheckpointError says what happened.
         """
         final = self.root / step_dir_name(step)
         tmp = self.root / f"{TMP_PREFIX}{final.name}-{_token()}"
         delay = _write_delay()
-        def write_one(item: tuple[str, Callable[[], bytes]]) -> tuple[str, FileEntry]:
-            name, produce = item
-            data = produce()
-            entry = FileEntry(len(data), hashlib.sha256(data).hexdigest())
-            write_file(tmp / name, data)
-            del data
+
+        def write_one(item: tuple[str, Callable[[ChecksummedFile], None]]) -> tuple[str, FileEntry]:
+            name, write = item
+            out = ChecksummedFile(tmp / name)
+            try:
+                write(out)
+                entry = out.commit()
+            finally:
+                out.close()
             if delay:
                 time.sleep(delay)
             return name, entry
@@ -206,8 +212,8 @@ class CheckpointStore:
         try:
             self._ensure_root()
             os.mkdir(tmp)
-            # Two files at a time: serialising, hashing (hashlib releases the GIL) and writing overlap.
-            entries = dict(parallel_map(write_one, list(files), workers=2))
+            # Two files at a time: checksums (xxhash) and writes release the GIL, so they overlap.
+            entries = dict(parallel_map(write_one, list(files)))
             manifest_bytes, _ = build_manifest(step, entries, info)
             write_file(tmp / MANIFEST_FILE, manifest_bytes)  # the commit marker: written last
             fsync_dir(tmp)
@@ -221,6 +227,9 @@ class CheckpointStore:
             )
             err.exit_code = EXIT_FAILED  # a runtime failure (disk full, permissions), not a usage error
             raise err from exc
+        except BaseException:  # e.g. a tensor safetensors has no type for: no half-written directory left
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return final
 
     def _ensure_root(self) -> None:
