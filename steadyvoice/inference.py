@@ -11,7 +11,9 @@ input to whole STFT frames, so the last ``(N - win) % hop`` samples are enhanced
 leaves them at zero.)
 
 Longer inputs are processed in overlapping windows so that the model's memory is bounded by one window
-whatever the length (a 10-minute file needs the same model memory as a 1-minute one)::
+whatever the length (a 10-minute file needs the same model memory as a 1-minute one). Files that long
+stream through :meth:`Enhancer.enhance_file` (:func:`overlap_add_blocks`): read, resampled, enhanced and
+written block by block, so an hours-long recording needs the memory of a short one::
 
     weight of window k over its W samples (window k+1 starts S samples later):
 
