@@ -1,7 +1,9 @@
 """Benchmark of `enhance` on CPU: real-time factor and peak memory, with baselines measured in the same run.
 
 Two suites (``--suite methods|families|all``, default all); every case runs in its own subprocess so that
-peak memory (getrusage ru_maxrss) of one case does not leak into another.
+peak memory (getrusage ru_maxrss) of one case does not leak into another. A third, ``--suite memory`` (run
+only when asked: minutes of CPU and GBs of temporary disk), compares the peak RSS of enhancing a 1-minute and
+a 3-hour file (bench/enhance_memory.py).
 
 Methods (MossFormer2-SE windowing). For each model configuration and input length, three ways of enhancing
 the same input are timed:
