@@ -46,7 +46,7 @@ from steadyvoice.inference import (MAX_CHANNELS, ProgressCallback, _as_frames_by
                                    _check_sample_rate, _model_dir_for, crossfade_weights, pass_count, plan_windows,
                                    progress_steps)
 
-__all__ = ["Separator", "best_permutation", "talker_paths", "NO_SHIPPED_MODEL"]
+__all__ = ["Separator", "best_permutation", "talker_paths", "DEFAULT_SEPARATION_MODEL"]
 
 # Inputs up to this long (at the model's rate) are separated in one pass (ClearVoice's one_time_decode_length).
 ONE_PASS_MAX_SECONDS = 2.0
@@ -55,9 +55,13 @@ WINDOW_SECONDS = 4.0
 MARGIN_SECONDS = 0.25
 CROSSFADE_SECONDS = 0.5
 
-NO_SHIPPED_MODEL = ("no shipped separation model yet: give --checkpoint DIR, a separation model directory "
-                    "(e.g. made by `steadyvoice convert clearervoice <MossFormer2_SS_16K .pt> DIR`), or --model NAME "
-                    "of one installed with `steadyvoice convert clearervoice <.pt> --name NAME`")
+# Name of the separation model shipped with the package (steadyvoice/weights/<name>/): a 16 kHz two-talker
+# MossFormer2-SS trained by SteadyVoice on its own corpus (recipe.yaml beside the weights says how).
+DEFAULT_SEPARATION_MODEL = "separation-default"
+HOW_TO_GET_A_SEPARATION_MODEL = (
+    f"give --model {DEFAULT_SEPARATION_MODEL} (shipped), --checkpoint DIR, a separation model directory "
+    "(e.g. made by `steadyvoice convert clearervoice <MossFormer2_SS_16K .pt> DIR`), or --model NAME "
+    "of one installed with `steadyvoice convert clearervoice <.pt> --name NAME`")
 
 
 def talker_paths(output: Path, speakers: int) -> list[Path]:
@@ -138,9 +142,10 @@ class Separator:
                                  margin_seconds=margin_seconds, crossfade_seconds=crossfade_seconds)
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, device: str = "cpu", **options) -> Separator:
-        """Load a separation model: a model directory (model.safetensors + config.json) or the name of one
-        installed in $STEADYVOICE_HOME/models. ``device``: auto, cpu, cuda, cuda:N or mps; the default stays
+    def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_SEPARATION_MODEL, device: str = "cpu",
+                        **options) -> Separator:
+        """Load a separation model: a model directory (model.safetensors + config.json), the shipped one
+        (``"separation-default"``, the default) or the name of one installed in $STEADYVOICE_HOME/models. ``device``: auto, cpu, cuda, cuda:N or mps; the default stays
         ``"cpu"``, as for :meth:`steadyvoice.Enhancer.from_pretrained`."""
         from steadyvoice.models import load_pretrained
 
@@ -251,6 +256,6 @@ def _separation_model_dir(name_or_dir: str | Path) -> Path:
     path = Path(name_or_dir)
     if path.exists():
         return _model_dir_for(path)
-    model_dir = catalog.lookup(str(name_or_dir), task="separation", how_to=NO_SHIPPED_MODEL)
+    model_dir = catalog.lookup(str(name_or_dir), task="separation", how_to=HOW_TO_GET_A_SEPARATION_MODEL)
     _check_model_dir(model_dir)
     return model_dir

@@ -107,8 +107,7 @@ def test_list_inputs_and_outputs_that_would_replace_an_input(tmp_path, capsys, s
 def test_model_problems_stop_before_any_work(tmp_path, capsys, inputs, ss_model_dir, model_dir):
     out = tmp_path / "out"
     for args, message in [
-        ((), "no shipped separation model yet: give --checkpoint DIR"),
-        (("--model", "default"), "no shipped separation model yet: give --checkpoint DIR"),
+        (("--model", "default"), "is an enhancement model, not a separation model; give --model separation-default"),
         (("--checkpoint", model_dir), "mossformer2-se is an enhancement model, not a separation model"),
         (("--checkpoint", ss_model_dir, "--speakers", "3"), "the model separates 2 talkers but 3 were asked for"),
         (("--checkpoint", tmp_path / "missing"), "no such model directory"),

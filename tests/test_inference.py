@@ -102,7 +102,7 @@ def test_bad_window_settings_are_config_errors():
 def test_shape_dtype_rate_and_length_are_kept(enhancer, sr, channels):
     x = noisy_speechlike(0.7037, sr, channels)  # lengths that do not resample to whole numbers
     y = enhancer(x.astype(np.float64), sr)
-    assert y.shape == x.shape and y.dtype == np.float32
+    assert y.shape == x.shape and y.dtype == np.float64  # the input's dtype
     assert np.isfinite(y).all() and np.std(y) > 0
     assert not np.allclose(y, x)  # it did something
 
@@ -226,8 +226,8 @@ def test_model_memory_is_bounded_by_one_window(enhancer):
         (np.array([0.1, np.nan, 0.2] * 100, np.float32), 16000, "audio: 100 samples are NaN or infinite"),
         (np.array([0.1, -np.inf] * 50, np.float32), 16000, "50 samples are NaN or infinite"),
         (np.zeros(0, np.float32), 16000, "the audio is empty"),
-        (np.zeros((10, 2, 2), np.float32), 16000, r"expected shape \(frames,\) or \(frames, channels\)"),
-        (np.zeros((2, 16000), np.float32), 16000, r"reads as 2 frames of 16000 channels.*audio\.T"),
+        (np.zeros((10, 2, 2, 2), np.float32), 16000, r"expected a time-last shape \(samples,\)"),
+        (np.zeros((2, 16000), np.float32), 16000, r"reads as 2 frames of 16000 channels.*audio\.T.*batch=True"),
         (np.zeros((1000, 40), np.float32), 16000, "40 channels is more than the 32 supported"),
         (np.zeros(1000, np.int16), 16000, "must be floating point"),
         (np.zeros(1000, np.float32), 1000, "sample rate 1000 Hz is not supported"),

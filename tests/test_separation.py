@@ -314,8 +314,10 @@ def test_wrong_kind_of_model_or_speaker_count_is_refused(small_model, converted)
     with pytest.raises(ModelError, match="separates 2 talkers but 3 were asked for"):
         Separator.from_pretrained(converted, speakers=3)
     assert Separator.from_pretrained(converted, speakers=2).speakers == 2
-    for name in ("default", "mossformer2-ss-16k", "no/such/dir"):
-        with pytest.raises(ModelError, match="no shipped separation model yet"):
+    for name, message in [("default", "is an enhancement model, not a separation model"),
+                          ("mossformer2-ss-16k", "a network configuration without trained weights"),
+                          ("no/such/dir", "known separation models.*separation-default")]:
+        with pytest.raises(ModelError, match=message):
             Separator.from_pretrained(name)
 
 

@@ -1,9 +1,10 @@
-"""steadyvoice separate INPUT... -o OUTDIR (--checkpoint DIR | --model NAME) [--speakers K] [--device auto|cpu|cuda|cuda:N|mps] [--overwrite]
+"""steadyvoice separate INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--speakers K] [--device auto|cpu|cuda|cuda:N|mps] [--overwrite]
 
 Splits each recording into one file per talker: OUTDIR/<relative path>/<stem>_s1.<ext>, <stem>_s2.<ext>,
 ... with the input's container, subtype, sample rate, channel count and length. INPUT is any mix of audio
 files, directories (searched recursively) and .scp/.txt lists, placed under OUTDIR as `steadyvoice
-enhance` places them. The talker numbering is the model's (s1 is not "the first to speak"), but each talker
+enhance` places them. Without --model or --checkpoint the shipped two-talker model (separation-default,
+16 kHz, trained by SteadyVoice) is used. The talker numbering is the model's (s1 is not "the first to speak"), but each talker
 stays in the same file from start to end, across the windows of a long recording and across channels.
 
 Outputs are written atomically; a recording whose talker files all exist is skipped unless --overwrite.
@@ -39,7 +40,8 @@ def register(subparsers) -> None:
                         help="separation model directory (model.safetensors + config.json), e.g. from `steadyvoice "
                              "convert clearervoice` of an official MossFormer2_SS_16K checkpoint")
     source.add_argument("--model", metavar="NAME",
-                        help="name of an installed separation model, as steadyvoice models lists them (none ships yet)")
+                        help="name of a shipped or installed separation model, as steadyvoice models lists them "
+                             "(default: separation-default, the shipped 16 kHz two-talker model)")
     p.add_argument("--speakers", type=int, metavar="K",
                    help="talkers expected; a model that separates another number is refused")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -77,12 +79,9 @@ def run(args) -> int:
 
 def _load_separator(args):
     """The Separator asked for, or None after printing what to pass instead."""
-    from steadyvoice.separation import NO_SHIPPED_MODEL, Separator
+    from steadyvoice.separation import DEFAULT_SEPARATION_MODEL, Separator
 
-    name_or_dir = args.checkpoint or args.model
-    if name_or_dir is None:
-        _error(NO_SHIPPED_MODEL)
-        return None
+    name_or_dir = args.checkpoint or args.model or DEFAULT_SEPARATION_MODEL
     if args.speakers is not None and args.speakers < 2:
         _error(f"--speakers {args.speakers}: a separation needs at least 2 talkers")
         return None

@@ -2,7 +2,8 @@
 
 Only the main process writes (others get a logger with ``enabled=False``, whose methods do nothing).
 The console shows a tqdm bar on a terminal; when stderr is not a terminal (a log file, a batch job) it
-gets one plain line per logged step instead of bar redraws.
+gets one plain line per logged step instead of bar redraws, plus a line after the first step and whenever
+``HEARTBEAT_SECONDS`` pass without one (so a redirected run of a big model is never silent for minutes).
 Records carry an ``event`` field: ``start`` (once per launch, with the step it resumed from), ``train``
 (every ``log_every`` steps) and ``valid``. After a resume, steps after the checkpoint that was resumed are
 trained again and logged again: the LAST record for a step is the one that counts. TensorBoard is opened
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+HEARTBEAT_SECONDS = 30.0
+
 
 class RunLogger:
     def __init__(self, run_dir: Path | None, *, enabled: bool, total_steps: int = 0, console: bool = True):
@@ -29,6 +32,8 @@ class RunLogger:
         self._writer = None
         self._jsonl = None
         self._bar = None
+        self._last_line = time.monotonic()
+        self._first_step = True
 
     def open(self, start_step: int, info: dict) -> None:
         """Start logging at ``start_step`` (0 for a fresh run, the restored step after a resume)."""
@@ -44,6 +49,7 @@ class RunLogger:
 
     def train(self, record: dict) -> None:
         """One training record: step, epoch, loss, lr (list), grad_norm, step_time, samples_per_s, skipped."""
+        self._first_step = False
         if self._bar is not None:
             self._bar.n = record["step"]
             self._bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr'][0]:.2e}",
@@ -81,9 +87,19 @@ class RunLogger:
             self._writer.add_scalar(f"valid_si_sdr_by_snr/{bucket}", values["si_sdr"], step)
         self._writer.flush()
 
+    def heartbeat(self, step: int, epoch: int, loss: float) -> None:
+        """Called after every step that is not logged: a plain line after the first step of this launch and
+        whenever HEARTBEAT_SECONDS passed without a console line (only when stderr is not a terminal)."""
+        if not self.console or self._bar is not None:
+            return
+        if self._first_step or time.monotonic() - self._last_line >= HEARTBEAT_SECONDS:
+            self.message(f"step {step} epoch {epoch}: loss {loss:.4g}")
+        self._first_step = False
+
     def message(self, text: str) -> None:
         if self.console:
             tqdm.write(text, file=sys.stderr)
+            self._last_line = time.monotonic()
 
     def close(self) -> None:
         if self._bar is not None:

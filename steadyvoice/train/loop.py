@@ -391,6 +391,8 @@ class Trainer:
                     **({"d_loss": self._gan_facts.get("d_loss"), "pesq_failures": self.progress.pesq_failures}
                        if self.gan is not None else {})})
                 last_log = (now, self.progress.step, self.progress.samples)
+            else:
+                logger.heartbeat(self.progress.step, self.position.epoch, loss)
 
             reason = self._after_step(checkpointer, best, logger, loss, epoch_done)
             if reason:
