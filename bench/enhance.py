@@ -3,7 +3,8 @@
 Two suites (``--suite methods|families|all``, default all); every case runs in its own subprocess so that
 peak memory (getrusage ru_maxrss) of one case does not leak into another. A third, ``--suite memory`` (run
 only when asked: minutes of CPU and GBs of temporary disk), compares the peak RSS of enhancing a 1-minute and
-a 3-hour file (bench/enhance_memory.py).
+a 3-hour file (bench/enhance_memory.py); ``--suite files`` runs `steadyvoice enhance` on 1,000 files of 2 s
+against one file of the same audio (bench/enhance_files.py).
 
 Methods (MossFormer2-SE windowing). For each model configuration and input length, three ways of enhancing
 the same input are timed:
@@ -75,7 +76,7 @@ def main() -> int:
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="registry config names")
     parser.add_argument("--durations", nargs="+", type=float, default=[10.0, 60.0], help="input seconds")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--suite", choices=(*SUITES, "all", "memory"), default="all",
+    parser.add_argument("--suite", choices=(*SUITES, "all", "memory", "files"), default="all",
                         help="which suite to run (default: all = methods and families; memory only when asked: "
                              "see bench/enhance_memory.py)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES),
@@ -92,8 +93,15 @@ def main() -> int:
                              "and print the ratios against it")
     parser.add_argument("--memory-minutes", nargs=2, type=float, default=[1.0, 180.0], metavar=("SHORT", "LONG"),
                         help="memory suite: the two lengths compared (default: 1 and 180 minutes)")
+    parser.add_argument("--files-count", type=int, default=1000, help="files suite: number of short files")
+    parser.add_argument("--files-seconds", type=float, default=2.0, help="files suite: seconds per short file")
+    parser.add_argument("--files-jobs", type=int, nargs="+", default=[2], help="files suite: --jobs values besides 1")
     parser.add_argument("--worker", nargs=3, metavar=("CONFIG", "SECONDS", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.suite == "files":  # many short files vs one long file through the real command
+        from enhance_files import run_files
+
+        return run_files(args.files_count, args.files_seconds, tuple(args.files_jobs))
     if args.suite == "memory":  # peak RSS of a short vs an hours-long file (minutes of CPU, GBs of temp disk)
         from enhance_memory import run_memory
 
