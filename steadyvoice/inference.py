@@ -520,10 +520,12 @@ class Enhancer:
         *,
         jobs: int = 1,
         overwrite: bool = False,
+        format: str | None = None,
     ) -> BatchResult:
         """Enhance files, directories and .scp/.txt lists into ``out_dir`` with ``steadyvoice enhance``'s
         layout and rules (outputs keep relative paths and formats; existing outputs are kept unless
-        ``overwrite``), ``jobs`` files at once on threads sharing this model.
+        ``overwrite``), ``jobs`` files at once on threads sharing this model. ``format`` (e.g. ``"flac"``):
+        the output container instead of the input's, as ``--format``.
 
         A bad input does not stop the others: it is listed in the result's ``failed`` (path and problem).
         An ``out_dir`` that cannot be created or written to raises AudioError before any work.
@@ -532,7 +534,7 @@ class Enhancer:
         problem = check_output_dir(out_dir)
         if problem is not None:
             raise AudioError(str(problem))
-        todo, problems = collect_jobs([inputs] if isinstance(inputs, (str, Path)) else inputs, out_dir)
+        todo, problems = collect_jobs([inputs] if isinstance(inputs, (str, Path)) else inputs, out_dir, format)
         result = run_jobs(todo, lambda job: self.enhance_file(job.source, job.output),
                           is_done=lambda job: not overwrite and job.output.exists(), workers=jobs)
         result.failed[:0] = problems

@@ -107,6 +107,9 @@ def test_enhance_files_in_threads_equals_one_by_one(enhancer, tmp_path):
     assert len(again.skipped) == 6 and not again.done
     redo = enhancer.enhance_files(tmp_path / "in", tmp_path / "four", jobs=2, overwrite=True)
     assert len(redo.done) == 6
+    flac = enhancer.enhance_files(tmp_path / "in" / "f00.wav", tmp_path / "flac", format="flac")
+    assert [job.output.name for job in flac.done] == ["f00.flac"]
+    assert sf.info(tmp_path / "flac" / "f00.flac").format == "FLAC"
 
 
 def test_enhance_files_refuses_bad_jobs_and_an_unwritable_out_dir(enhancer, tmp_path):
