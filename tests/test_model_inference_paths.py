@@ -66,3 +66,29 @@ def test_load_pretrained_equals_build_and_load(tmp_path, name):
         assert torch.equal(ours[key], tensor), key
         assert ours[key].requires_grad == tensor.requires_grad, key
     assert all(isinstance(p, torch.nn.Parameter) for p in loaded.parameters())
+
+
+def test_load_pretrained_builds_without_slow_meta_initialisers(tmp_path):
+    """An initialiser without a meta kernel (nn.init.normal_) would import torch._dynamo on the meta device:
+    seconds in every process that loads a model."""
+    import subprocess
+    import sys
+
+    cfg = CONFIGS["mossformer2-se-48k-small"]
+    save_pretrained(build_model(cfg), cfg, tmp_path)
+    code = ("import sys; from steadyvoice.models import load_pretrained; load_pretrained(sys.argv[1]); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_offset_scale_initialisation_is_unchanged():
+    """OffsetScale draws its gains with randn * 0.02: the values nn.init.normal_(std=0.02) gives (training
+    runs from a seed build the same model)."""
+    from steadyvoice.models.mossformer2 import OffsetScale
+
+    torch.manual_seed(3)
+    unit = OffsetScale(16)
+    torch.manual_seed(3)
+    expected = torch.nn.init.normal_(torch.empty(4, 16), std=0.02)
+    assert torch.equal(unit.gamma.detach(), expected)

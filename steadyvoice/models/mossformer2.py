@@ -236,9 +236,10 @@ class OffsetScale(nn.Module):
 
     def __init__(self, dim: int, heads: int = 4):
         super().__init__()
-        self.gamma = nn.Parameter(torch.empty(heads, dim))
+        # randn * 0.02 draws what nn.init.normal_(std=0.02) draws, but before the parameter exists: on the
+        # meta device (load_pretrained) normal_ would import torch._dynamo, seconds per process.
+        self.gamma = nn.Parameter(torch.randn(heads, dim) * 0.02)
         self.beta = nn.Parameter(torch.zeros(heads, dim))
-        nn.init.normal_(self.gamma, std=0.02)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = x.unsqueeze(-2) * self.gamma + self.beta  # (B, T, heads, C)
