@@ -43,6 +43,16 @@ the working tree's run, and the ratios now/REV are printed: wall and CPU time of
 and the model's load time (``--configs`` also takes a model directory: load_pretrained is then timed).
 
     python bench/enhance.py --suite methods --baseline-rev HEAD --configs MODEL_DIR --methods one-pass --threads 1
+
+Side by side with ClearerVoice (``--clearervoice PATH``, methods suite, the official-size MossFormer2-SE 48 kHz
+config or a model directory of it): method ``clearervoice`` runs THEIR network code (``MossFormer_MaskNet``
+inside their ``TestNet``, imported from PATH = the directory holding their ``clearvoice`` package: a
+ClearerVoice-Studio checkout or the unpacked ``clearvoice`` wheel) on the same weights (mapped to their keys),
+inside their decode function's structure (one pass up to 20 s, else 4 s windows with a 3 s stride), on our
+features and STFT (the same values; their decode function itself needs torchaudio). Their network needs
+einops, rotary-embedding-torch and torchinfo importable (PATH may hold them too).
+
+    python bench/enhance.py --suite methods --configs mossformer2-se-48k --methods one-pass enhancer --clearervoice PATH
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ import time
 from pathlib import Path
 
 METHODS = ("enhancer", "one-pass", "official-4s")
+CLEARERVOICE = "clearervoice"  # their network, with --clearervoice PATH
+_CLEARERVOICE_PATH: str | None = None
 BASELINE = "one-pass"
 DEFAULT_CONFIGS = ("mossformer2-se-48k", "mossformer2-se-48k-small")
 SUITES = ("methods", "families")
@@ -96,6 +108,8 @@ def main() -> int:
     parser.add_argument("--files-count", type=int, default=1000, help="files suite: number of short files")
     parser.add_argument("--files-seconds", type=float, default=2.0, help="files suite: seconds per short file")
     parser.add_argument("--files-jobs", type=int, nargs="+", default=[2], help="files suite: --jobs values besides 1")
+    parser.add_argument("--clearervoice", metavar="PATH",
+                        help="methods suite: add method 'clearervoice', their network from PATH (see above)")
     parser.add_argument("--worker", nargs=3, metavar=("CONFIG", "SECONDS", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.suite == "files":  # many short files vs one long file through the real command
@@ -110,6 +124,10 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    global _CLEARERVOICE_PATH
+    _CLEARERVOICE_PATH = args.clearervoice
+    if args.clearervoice and CLEARERVOICE not in args.methods:
+        args.methods.append(CLEARERVOICE)
     if args.worker:
         config, seconds, method = args.worker
         print(json.dumps(run_case(config, float(seconds), method, args.repeat)))
@@ -238,8 +256,9 @@ def _run_worker(config: str, seconds: float, method: str, threads: int, repeat: 
     env = dict(os.environ)
     if package_root:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    extra = ["--clearervoice", _CLEARERVOICE_PATH] if _CLEARERVOICE_PATH else []
     proc = subprocess.run([sys.executable, __file__, "--worker", config, str(seconds), method,
-                           "--threads", str(threads), "--repeat", str(repeat)], capture_output=True, text=True,
+                           "--threads", str(threads), "--repeat", str(repeat), *extra], capture_output=True, text=True,
                           env=env)
     if proc.returncode != 0:
         sys.exit(f"benchmark case {config} {seconds} s {method} failed:\n{proc.stderr}")
@@ -351,7 +370,51 @@ def _method(method: str, model, cfg):
         raise SystemExit(f"method {method} is for enhancement models; use --methods enhancer for {type(cfg).__name__}")
     if method == "one-pass":
         return one_pass, None
+    if method == CLEARERVOICE:  # their decode: one pass up to 20 s (their one_time_decode_length), else 4 s windows
+        model = _clearervoice_network(model, cfg)  # one_pass and official_4s now run their network
+        return (lambda wave: one_pass(wave) if len(wave) <= 20 * cfg.sample_rate else official_4s(wave)), None
     return official_4s, None
+
+
+def _clearervoice_network(model, cfg):
+    """ClearerVoice's MossFormer2_SE_48K network (their code, from --clearervoice PATH) carrying ``model``'s
+    weights, as a features (B, T, 180) -> mask (B, T, 961) module."""
+    import types
+
+    import torch
+
+    from steadyvoice.models import MossFormer2SEConfig, get_config
+    from steadyvoice.models.clearervoice import ours_to_official
+
+    if type(cfg) is not MossFormer2SEConfig or cfg != get_config("mossformer2-se-48k"):
+        raise SystemExit("--clearervoice: their TestNet is the official-size MossFormer2-SE 48 kHz network only "
+                         "(config mossformer2-se-48k or a model directory of it)")
+    root = Path(_CLEARERVOICE_PATH).resolve()
+    if not (root / "clearvoice" / "models" / "mossformer2_se").is_dir():
+        raise SystemExit(f"--clearervoice {root}: no clearvoice/models/mossformer2_se in it (give the directory "
+                         "holding their clearvoice package)")
+    sys.path.insert(0, str(root))
+    # Their package __init__ imports their whole toolkit (model downloads, audio I/O); only the network is needed.
+    package = types.ModuleType("clearvoice")
+    package.__path__ = [str(root / "clearvoice")]
+    sys.modules["clearvoice"] = package
+    try:
+        from clearvoice.models.mossformer2_se.mossformer2_se_wrapper import TestNet
+    except ImportError as exc:
+        raise SystemExit(f"--clearervoice: cannot import their network ({exc}); it needs einops, "
+                         "rotary-embedding-torch and torchinfo") from None
+
+    class Theirs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = TestNet()
+
+        def forward(self, features):
+            return self.net(features)[-1]  # their TestNet returns [mask]
+
+    theirs = Theirs().eval()
+    theirs.net.load_state_dict(ours_to_official(model.state_dict(), cfg))
+    return theirs
 
 
 def _input(seconds: float, sample_rate: int):
