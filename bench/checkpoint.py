@@ -140,6 +140,10 @@ def main(argv=None) -> int:
         print(f"   torch.save + fsync:     {both('torch_fsync')} -> (torch.save + fsync) / blocked = {ratio('torch_fsync', 'blocked')}")
         print(f"save, full (host copy, written and checksummed, fsync'ed, renamed): {both('full')} = "
               f"{ratio('full', 'torch_fsync')} torch.save + fsync")
+        t["background"] = [f - b for f, b in zip(t["full"], t["blocked"])]
+        m["background"] = stats(t["background"])
+        print(f"   of which in the background (full - blocked): {both('background')} = "
+              f"{ratio('background', 'torch_fsync')} torch.save + fsync")
         print(f"load + verify (read, checksum of every file, parse): {both('load')}")
         print(f"   plain read of the same files: {both('read')} -> {ratio('load', 'read')}")
         print(f"   torch.load of the torch.save file: {both('torch_load')} -> {ratio('load', 'torch_load')}")
