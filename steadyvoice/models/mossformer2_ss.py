@@ -130,9 +130,20 @@ class DilatedDenseMemory(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dense = self.project(F.relu(self.linear(x))).transpose(1, 2)  # (B, C, T)
         for conv, norm, act in zip(self.convs, self.norms, self.acts):
-            out = act(norm(conv(dense)))  # (B, C, T)
+            out = act(norm(conv_over_time(conv, dense)))  # (B, C, T)
             dense = torch.cat((out, dense), dim=1)  # (B, (i+2)*C, T)
         return x + out.transpose(1, 2)  # (B, T, C)
+
+
+def conv_over_time(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for x (B, C, T). Without autograd, an undilated depthwise ``conv`` (the first layer) runs as the
+    equal 2-D convolution on a channels-last copy of x: oneDNN's kernel for that is about 10x faster than its
+    1-D one (same weights, same result to float32 rounding). Dilated or grouped-by-several layers stay 1-D:
+    there the 2-D kernel is several times slower."""
+    if torch.is_grad_enabled() or conv.groups != conv.in_channels or conv.dilation[0] != 1:
+        return conv(x)
+    x = x.transpose(1, 2).contiguous().transpose(1, 2).unsqueeze(2)  # (B, C, 1, T), channels-last
+    return F.conv2d(x, conv.weight.unsqueeze(2), padding=(0, conv.padding[0]), groups=conv.groups).squeeze(2)
 
 
 def dilated_dense_memory(cfg: MossFormer2SSConfig) -> nn.Module:
