@@ -49,7 +49,8 @@ all rows and listed). DNSMOS takes most of the time, about 1 s per clip and syst
 corpus's test split (89 clips, 6 min of audio), with --jobs 1 on 2 cores shared with a training run, the
 whole benchmark took 290 s with every metric and 75 s with ``--metrics`` left without dnsmos, with
 noisereduce as the only peer; RNNoise adds one system to score and 19 s of enhancement (same conditions).
-DFN3 adds one system to score and about 60 s of enhancement (its runtime builds included).
+DFN3 adds one system to score and 95 s of enhancement (23 s of it building its runtimes); the full run with
+every metric and --jobs 1 on one core shared with a training run took 1,387 s, about 250 s of scoring per system.
 Exit code 0; 1 if some file could not be scored; 2 on a usage error (bad --model, --corpus, metric, or a
 peer's package missing: ``pip install -e '.[eval]'``).
 
