@@ -155,9 +155,9 @@ def build_model(cfg: Any) -> nn.Module:
 def _build_for_loading(cfg: Any) -> nn.Module:
     """The model for ``cfg`` with every parameter on the meta device: no random initialisation and no
     parameter memory (official-size MossFormer2-SE: 0.4 s, and a peak of 270 MB instead of 670 MB once
-    loaded), for weights about to be
-    assigned by ``load_state_dict_strict(..., assign=True)``. Buffers (fixed tables that no weights file
-    holds, normalisation statistics) are built for real, so only what loading replaces is skipped."""
+    loaded), for weights about to be assigned by ``load_state_dict_strict(..., assign=True)``. Buffers
+    (fixed tables that no weights file holds, normalisation statistics) are built for real, so only what
+    loading replaces is skipped."""
 
     def to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> nn.Parameter | None:
         return None if param is None else nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
