@@ -101,10 +101,6 @@ def run(args) -> int:
         raise SteadyVoiceError(f"checkpoint support is unavailable in this build ({exc})") from None
 
     dist = init_distributed(cfg.train.device)
-    if dist.is_main:
-        from steadyvoice.devices import DeviceChoice
-
-        print(f"device: {DeviceChoice(dist.device, dist.device_reason)}", file=sys.stderr, flush=True)
     run_dir: Path = args.run_dir
     held: list[RunDirLock] = []  # rank 0 holds the run directory's lock until the run ends
     new_dir = not run_dir.exists()
@@ -120,6 +116,10 @@ def run(args) -> int:
                 _remove_if_only_lock(run_dir, held)
             raise
         dist.run_on_main(lambda: write_run_config(run_dir, cfg))
+        if dist.is_main:  # only now: a refused run (busy directory, bad config or data) prints its error alone
+            from steadyvoice.devices import DeviceChoice
+
+            print(f"device: {DeviceChoice(dist.device, dist.device_reason)}", file=sys.stderr, flush=True)
         trainer = Trainer(cfg, data, dist, run_dir=run_dir, console=dist.is_main)
         checkpointer = Checkpointer(run_dir, cfg.checkpoint, dist, resume_from=args.resume_from, restart=args.restart)
         init = None
