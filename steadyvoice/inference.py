@@ -440,19 +440,31 @@ class Enhancer:
         )
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", **options) -> Enhancer:
+    def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str = "cpu", *, backend: str = "torch",
+                        on_export: Callable[[str], None] | None = None, **options) -> Enhancer:
         """Load a model directory (model.safetensors + config.json) or a model by name: a shipped one, or one in
         $STEADYVOICE_HOME/models (`steadyvoice models` lists them; see steadyvoice.catalog).
 
         ``device``: auto, cpu, cuda, cuda:N or mps (steadyvoice.devices). The default stays ``"cpu"`` (the
         command line's is ``auto``): a library call does not pick hardware behind its caller's back, and CPU
-        results are the same on every machine; pass ``device="auto"`` for CUDA, then MPS, then CPU."""
+        results are the same on every machine; pass ``device="auto"`` for CUDA, then MPS, then CPU.
+
+        ``backend``: ``"torch"`` (the default: measured as fast or faster, bench/onnx.py) or ``"onnx"``: each
+        pass runs the model's ONNX graph in onnxruntime on the CPU (the ``onnx`` extra), exported on first use
+        (where it is kept: steadyvoice.onnx_export); ``on_export(message)`` hears before such an export."""
         from steadyvoice.models import load_pretrained
+        from steadyvoice.onnx_export import check_backend
 
         model_dir = _model_dir_for(name_or_dir)
         resolved = resolve_device(device)
+        check_backend(backend, resolved)
         model, cfg = load_pretrained(model_dir, resolved)
-        return cls(model, cfg, resolved, **options)
+        enhancer = cls(model, cfg, resolved, **options)
+        if backend == "onnx":  # the same windows and resampling around it; only the pass itself changes
+            from steadyvoice.onnx_export import onnx_pass
+
+            enhancer._pass = onnx_pass(model_dir, model, cfg, say=on_export)
+        return enhancer
 
     # -- arrays ---------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "score": "score",
     "corpus": "corpus",
     "models": "models",
+    "export": "export",
 }
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "entry", "main"]

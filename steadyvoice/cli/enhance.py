@@ -1,4 +1,4 @@
-"""steadyvoice enhance INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--device auto|cpu|cuda|cuda:N|mps] [--jobs N] [--format EXT] [--overwrite]
+"""steadyvoice enhance INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--device auto|cpu|cuda|cuda:N|mps] [--backend torch|onnx] [--jobs N] [--format EXT] [--overwrite]
 
 INPUT is any mix of audio files, directories (searched recursively for audio files) and list files
 (.scp / .txt: one entry per line, the first column a path, or the whole line if it names an existing
@@ -64,6 +64,10 @@ def register(subparsers) -> None:
         help="model directory (model.safetensors + config.json) from steadyvoice convert or ckpt export",
     )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="run the network in torch (default) or in onnxruntime on the CPU from the model's ONNX "
+                        "graph, exported once on first use (pip install 'steadyvoice[onnx]'); "
+                        "--device auto then means cpu")
     p.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
                    help="files processed at once, on N threads sharing the model and the CPU cores (default 1)")
     p.add_argument("--format", choices=OUTPUT_FORMATS, metavar="EXT",
@@ -203,8 +207,8 @@ def _load_enhancer(args):
 
     name_or_dir = args.checkpoint or args.model or DEFAULT_MODEL
     try:
-        choice = choose_device(args.device)
-        enhancer = Enhancer.from_pretrained(name_or_dir, device=choice.device)
+        choice = choose_device("cpu" if args.backend == "onnx" and args.device == "auto" else args.device)
+        enhancer = Enhancer.from_pretrained(name_or_dir, device=choice.device, backend=args.backend, on_export=_say)
     except SteadyVoiceError as exc:
         _error(exc)
         return None

@@ -282,8 +282,13 @@ class GatedAttentionUnit(nn.Module):
 
     def attend(self, quad_q, lin_q, quad_k, lin_k, values):
         """Quadratic attention within groups + linear attention across groups, for values (B, T, E)."""
-        if self.causal:
-            return self._attend_causal(quad_q, lin_q, quad_k, lin_k, values)
+        exporting = torch.compiler.is_exporting()
+        if self.causal or (torch.is_grad_enabled() and not exporting):
+            # Training keeps the zero-padded formulation: the same dropout draws and the same rounding as the
+            # code every existing run and checkpoint was trained with (bit-exact resume across versions).
+            return self._attend_grouped(quad_q, lin_q, quad_k, lin_k, values)
+        if exporting:  # one graph for every length (steadyvoice.onnx_export)
+            return self._attend_padded(quad_q, lin_q, quad_k, lin_k, values)
         T = values.shape[1]
         g = self.group_size
         kv = lin_k.transpose(1, 2) @ values / T  # (B, Q, E): one summary of the whole sequence
@@ -298,8 +303,21 @@ class GatedAttentionUnit(nn.Module):
                 out[:, lo:hi] += (attn @ v).flatten(1, 2)  # (B, hi-lo, E)
         return out
 
-    def _attend_causal(self, quad_q, lin_q, quad_k, lin_k, values):
-        """attend() for causal attention: zero-padded groups, each seeing the summary of the groups before it."""
+    def _attend_padded(self, quad_q, lin_q, quad_k, lin_k, values):
+        """attend() with the last group zero-padded to g frames (as theirs): the same values, and no branch on
+        T % g, so that torch.export traces one graph for every length (G is written so that G * g is visibly
+        a multiple of g to its symbolic shapes)."""
+        T = values.shape[1]
+        g = self.group_size
+        kv = lin_k.transpose(1, 2) @ values / T  # (B, Q, E)
+        G = (T + g - 1) // g
+        q, k, v = (F.pad(t, (0, 0, 0, G * g - T)).unflatten(1, (G, g)) for t in (quad_q, quad_k, values))  # (B,G,g,.)
+        attn = self.attn_dropout(F.relu(q @ k.transpose(-1, -2) / g) ** 2)  # (B, G, g, g)
+        return lin_q @ kv + (attn @ v).flatten(1, 2)[:, :T]  # (B, T, E)
+
+    def _attend_grouped(self, quad_q, lin_q, quad_k, lin_k, values):
+        """attend() over zero-padded groups of g frames (as theirs); causal: each group sees the summary of the
+        groups before it, else one summary of the whole sequence."""
         B, T, _ = values.shape
         g = self.group_size
         pad = -T % g  # zero frames give zero keys and values, so they add nothing
@@ -311,11 +329,17 @@ class GatedAttentionUnit(nn.Module):
 
         scores = quad_q @ quad_k.transpose(-1, -2) / g  # (B, G, g, g)
         attn = self.attn_dropout(F.relu(scores) ** 2)
-        future = torch.ones(g, g, dtype=torch.bool, device=attn.device).triu(1)
-        quad_out = attn.masked_fill(future, 0.0) @ values  # (B, G, g, E)
-        kv = lin_k.transpose(-1, -2) @ values / g  # (B, G, Q, E)
-        kv = F.pad(kv.cumsum(dim=1), (0, 0, 0, 0, 1, -1))  # exclusive cumulative sum over groups
-        lin_out = lin_q @ kv  # (B, G, g, E)
+        if self.causal:
+            future = torch.ones(g, g, dtype=torch.bool, device=attn.device).triu(1)
+            attn = attn.masked_fill(future, 0.0)
+        quad_out = attn @ values  # (B, G, g, E)
+        if self.causal:
+            kv = lin_k.transpose(-1, -2) @ values / g  # (B, G, Q, E)
+            kv = F.pad(kv.cumsum(dim=1), (0, 0, 0, 0, 1, -1))  # exclusive cumulative sum over groups
+            lin_out = lin_q @ kv  # (B, G, g, E)
+        else:  # one summary of the whole (unpadded) sequence
+            kv = torch.einsum("bgnd,bgne->bde", lin_k, values) / T  # (B, Q, E)
+            lin_out = lin_q @ kv.unsqueeze(1)  # (B, G, g, E)
         return (quad_out + lin_out).flatten(1, 2)[:, :T]  # (B, T, E)
 
 
