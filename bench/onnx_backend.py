@@ -14,6 +14,7 @@ medians, the ratio onnx / torch of the medians, and the largest absolute differe
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -25,12 +26,17 @@ import torch
 
 
 def model_dir_for(name: str, scratch: Path) -> Path:
-    """A model directory: the one ``name`` names, or a random-weight model of the configuration ``name``."""
+    """A copy in ``scratch`` of the model directory ``name`` names (its graph is written beside it, never into
+    the package or the user's models), or a random-weight model of the configuration ``name``."""
     from steadyvoice.inference import _model_dir_for
-    from steadyvoice.models import CONFIGS, build_model, save_pretrained
+    from steadyvoice.models import CONFIGS, MODEL_FILES, build_model, save_pretrained
 
     if name not in CONFIGS:
-        return _model_dir_for(name)
+        copy = scratch / Path(name).name
+        copy.mkdir()
+        for file in MODEL_FILES:
+            shutil.copyfile(_model_dir_for(name) / file, copy / file)
+        return copy
     torch.manual_seed(0)
     return save_pretrained(build_model(CONFIGS[name]), CONFIGS[name], scratch / name, source={"kind": "random"})
 
