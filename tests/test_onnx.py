@@ -51,6 +51,7 @@ def exported(request, tmp_path_factory):
     return cfg, model, path, checks
 
 
+@pytest.mark.slow  # exports a graph (seconds to tens of seconds)
 def test_export_checks_two_lengths_within_tolerance(exported):
     cfg, model, path, checks = exported
     assert len({c.samples for c in checks}) == 2
@@ -64,6 +65,7 @@ def test_export_checks_two_lengths_within_tolerance(exported):
     assert json.loads(meta["steadyvoice.config"])["sample_rate"] == cfg.sample_rate
 
 
+@pytest.mark.slow  # exports a graph (seconds to tens of seconds)
 @pytest.mark.parametrize("samples", [300, 4001, 27_845])  # shorter than a frame, 0.25 s, 1.7 s (none traced)
 def test_onnxruntime_pass_equals_torch(exported, samples):
     cfg, model, path, _ = exported
@@ -75,6 +77,7 @@ def test_onnxruntime_pass_equals_torch(exported, samples):
     assert float((got - want).abs().max()) <= onnx_export.RELATIVE_TOLERANCE * float(want.abs().max())
 
 
+@pytest.mark.slow  # exports a graph (seconds to tens of seconds)
 def test_graph_outside_tolerance_writes_nothing(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = build_model(TINY).eval()
@@ -110,6 +113,7 @@ def test_backend_choice_is_checked():
     onnx_export.check_backend("onnx", "cpu")
 
 
+@pytest.mark.slow  # exports a graph (seconds to tens of seconds)
 def test_export_command_prints_errors(model_dir, tmp_path, capsys):
     out = tmp_path / "tiny.onnx"
     assert main(["export", "onnx", str(model_dir), str(out)]) == 0
@@ -119,6 +123,7 @@ def test_export_command_prints_errors(model_dir, tmp_path, capsys):
     assert out.is_file() and f"wrote {out}" in lines[-1]
 
 
+@pytest.mark.slow  # exports a graph (seconds to tens of seconds)
 def test_enhance_backend_onnx_equals_torch(model_dir, tmp_path, capsys):
     src = tmp_path / "in" / "noisy.wav"
     src.parent.mkdir()
@@ -135,6 +140,7 @@ def test_enhance_backend_onnx_equals_torch(model_dir, tmp_path, capsys):
     assert np.abs(results["onnx"] - results["torch"]).max() <= onnx_export.RELATIVE_TOLERANCE * peak
 
 
+@pytest.mark.slow  # exports a graph (seconds to tens of seconds)
 def test_backend_reuses_a_fresh_graph_and_replaces_a_stale_one(tmp_path):
     torch.manual_seed(1)
     model_dir = save_pretrained(build_model(TINY), TINY, tmp_path / "model")
@@ -157,6 +163,7 @@ def test_backend_reuses_a_fresh_graph_and_replaces_a_stale_one(tmp_path):
     assert float((got - want[0]).abs().max()) <= onnx_export.RELATIVE_TOLERANCE * float(want.abs().max())
 
 
+@pytest.mark.slow  # exports a graph (seconds to tens of seconds)
 def test_graph_of_someone_else_is_left_alone(tmp_path, steadyvoice_home):
     torch.manual_seed(3)
     model_dir = save_pretrained(build_model(TINY), TINY, tmp_path / "model")
