@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadyvoice.errors import ConfigError, ModelError, SteadyVoiceError
+from steadyvoice.errors import ConfigError, ModelError, SteadyVoiceError, os_failure
 from steadyvoice.extras import missing_modules
 
 __all__ = ["export_onnx", "export_model", "OnnxPass", "onnx_pass", "source_fingerprint", "check_export", "check_backend",
@@ -424,8 +424,8 @@ def export_model(model: nn.Module, cfg, out_path: str | Path, *, metadata: dict[
 
     try:
         atomic_write_path(out_path, write)
-    except OSError as exc:
-        raise ModelError(f"{out_path}: cannot write ({exc.strerror or exc})") from None
+    except OSError as exc:  # the system refused the write (exit code 1)
+        raise os_failure(ModelError, out_path, exc) from None
     return checks
 
 
