@@ -18,8 +18,9 @@ failed, 2 if nothing could be done (no model, an OUTDIR that cannot be created o
 
 Pipes: INPUT - reads one audio file from stdin (any format SteadyVoice reads; it is buffered to a
 temporary file); with -o OUTDIR it becomes OUTDIR/stdin.wav. -o - writes the one enhanced file to stdout
-(wav unless --format), so `ffmpeg ... -f wav - | steadyvoice enhance - -o - | ...` works; then stdout
-carries nothing but audio.
+(wav unless --format), and stdout then carries nothing but audio:
+
+  ffmpeg -i talk.mkv -f wav - | steadyvoice enhance - -o - --format flac > talk.flac
 
 --jobs N enhances N files at once (threads sharing one model and the CPU cores: for many short files).
 Progress goes to stderr: a bar on a terminal, otherwise (a log file, a batch job) one plain line every

@@ -2,8 +2,8 @@
 
 Splits each recording into one file per talker: OUTDIR/<relative path>/<stem>_s1.<ext>, <stem>_s2.<ext>,
 ... with the input's container, subtype, sample rate, channel count and length. INPUT is any mix of audio
-files, directories (searched recursively) and .scp/.txt lists, placed under OUTDIR as `steadyvoice
-enhance` places them. Without --model or --checkpoint the shipped two-talker model (separation-default,
+files, directories (searched recursively) and .scp/.txt lists, placed under OUTDIR as 'steadyvoice
+enhance' places them. Without --model or --checkpoint the shipped two-talker model (separation-default,
 16 kHz, trained by SteadyVoice) is used. The talker numbering is the model's (s1 is not "the first to speak"), but each talker
 stays in the same file from start to end, across the windows of a long recording and across channels.
 
@@ -37,8 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output-dir", required=True, type=Path, metavar="OUTDIR", help="where outputs go")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="DIR",
-                        help="separation model directory (model.safetensors + config.json), e.g. from `steadyvoice "
-                             "convert clearervoice` of an official MossFormer2_SS_16K checkpoint")
+                        help="separation model directory (model.safetensors + config.json), e.g. from 'steadyvoice "
+                             "convert clearervoice' of an official MossFormer2_SS_16K checkpoint")
     source.add_argument("--model", metavar="NAME",
                         help="name of a shipped or installed separation model, as steadyvoice models lists them "
                              "(default: separation-default, the shipped 16 kHz two-talker model)")
