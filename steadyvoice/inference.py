@@ -364,7 +364,7 @@ def _model_dir_for(name_or_dir: str | Path) -> Path:
     if path.name in ("best", "last") and (path.parent / "checkpoints").is_dir():  # RUN_DIR/best of a training run
         raise ModelError(f"{path}: names a training checkpoint, not a model directory; make one with "
                          f"`steadyvoice ckpt export {path} OUT_DIR` and pass OUT_DIR")
-    model_dir = catalog.lookup(str(name_or_dir), how_to=_HOW_TO_GET_A_MODEL)  # a shipped or user model's name
+    model_dir = catalog.lookup(str(name_or_dir), task="enhancement", how_to=_HOW_TO_GET_A_MODEL)  # a model's name
     _check_model_dir(model_dir)
     return model_dir
 

@@ -92,7 +92,7 @@ def test_separation_model_by_name_and_task_mismatches(tmp_path, capsys, se_pt, s
     assert code == 2 and len(errors(err)) == 1
     assert "model 'se-small' (user, " in err and "is an enhancement model, not a separation model" in err
     code, _, err = run(capsys, "enhance", mixture, "-o", tmp_path / "enh", "--model", "ss-small")
-    assert code == 2 and "mossformer2-ss is a separation model, not an enhancement model" in err
+    assert code == 2 and "model 'ss-small' (user, " in err and "is a separation model, not an enhancement model" in err
     # an unknown name given to separate lists the separation models only
     code, _, err = run(capsys, "separate", mixture, "-o", tmp_path / "sep3", "--model", "ss-smal")
     assert code == 2 and len(errors(err)) == 1
@@ -105,8 +105,8 @@ def test_unknown_name_lists_the_known_ones(tmp_path, capsys, se_pt):
     noisy = noisy_wav(tmp_path / "noisy.wav", rate=16000)
     code, _, err = run(capsys, "enhance", noisy, "-o", tmp_path / "out", "--model", "mossformer2-se-48")
     assert code == 2 and len(errors(err)) == 1
-    assert "mossformer2-se-48: no such model directory or model name; known models (`steadyvoice models`): " \
-           "default (enhancement, shipped)" in err
+    assert "mossformer2-se-48: no such model directory or model name; known enhancement models (`steadyvoice " \
+           "models`): default (enhancement, shipped);" in err  # the shipped separation model is not listed here
     assert "convert clearervoice SRC --name NAME" in err  # and how to add one
     assert not list((tmp_path / "out").iterdir())
 
@@ -144,7 +144,7 @@ def test_models_lists_shipped_and_user_models(capsys, se_pt, ss_pt, steadyvoice_
     assert code == 0
     listed = {m["name"]: m for m in json.loads(out)["models"]}
     assert json.loads(out)["user_models_dir"] == str(steadyvoice_home / "models")
-    assert list(listed) == ["default", "broken", "se-small", "ss-small"]  # shipped first, then the user's by name
+    assert list(listed) == ["default", "separation-default", "broken", "se-small", "ss-small"]  # shipped first
     for name, task, rate in [("default", "enhancement", 16000), ("se-small", "enhancement", 48000),
                              ("ss-small", "separation", 16000)]:
         info = listed[name]
