@@ -123,7 +123,7 @@ def lookup(name: str, *, task: str | None = None, how_to: str = "") -> Path:
             raise ModelError(f"model '{name}': its weights are missing from this installation ({entry.path}); "
                              f"reinstall SteadyVoice, or {how_to}")
         if task is not None:
-            found = _task_of(entry.path)
+            found = task_of(entry.path)
             if found is not None and found != task:
                 raise ModelError(f"model '{name}' ({entry.origin}, {entry.path}) is {_a(found)} model, not "
                                  f"{_a(task)} model; {how_to}")
@@ -146,7 +146,7 @@ def _known(task: str | None) -> str:
     for entry in entries():
         if entry.hidden:
             continue
-        found = _task_of(entry.path)
+        found = task_of(entry.path)
         if task is None or found == task:
             listed.append(f"{entry.name} ({found or 'unreadable'}, {entry.origin})")
     kind = f"{task} models" if task else "models"
@@ -200,7 +200,8 @@ def _stored_values(weights: Path) -> int:
         raise ModelError(f"{weights}: unreadable or damaged weights file ({exc})") from None
 
 
-def _task_of(path: Path) -> str | None:
+def task_of(path: Path) -> str | None:
+    """'enhancement' or 'separation': the task of the model directory's architecture (None if unreadable)."""
     from steadyvoice.models import architecture_of, read_model_config
 
     try:

@@ -293,13 +293,12 @@ def _check_samples(audio: np.ndarray, name: str) -> None:
         raise AudioError(f"{name}: {bad} samples are NaN or infinite")
 
 
-def _to_numpy(audio, name: str) -> tuple[np.ndarray, Callable[[np.ndarray], object]]:
+def _to_numpy(audio) -> tuple[np.ndarray, Callable[[np.ndarray], object]]:
     """``audio`` as a numpy array, and the function that turns a float32 result back into the input's kind:
     the same dtype, and for a torch tensor the same device."""
     if isinstance(audio, torch.Tensor):
-        if not audio.is_floating_point():
-            raise AudioError(f"{name}: samples must be floating point in [-1, 1], got {audio.dtype}; "
-                             "for integer PCM divide by the full-scale value (e.g. int16: x / 32768)")
+        if not audio.is_floating_point():  # integer samples: _check_samples says what to do
+            return audio.detach().cpu().numpy(), lambda out: out
         device, dtype = audio.device, audio.dtype
         samples = audio.detach().to("cpu", torch.float32).numpy()
         return samples, lambda out: torch.from_numpy(out).to(device=device, dtype=dtype)
@@ -449,7 +448,7 @@ class Enhancer:
         command line's is ``auto``): a library call does not pick hardware behind its caller's back, and CPU
         results are the same on every machine; pass ``device="auto"`` for CUDA, then MPS, then CPU.
 
-        ``backend``: ``"torch"`` (the default: measured as fast or faster, bench/onnx.py) or ``"onnx"``: each
+        ``backend``: ``"torch"`` (the default: measured as fast or faster, bench/onnx_backend.py) or ``"onnx"``: each
         pass runs the model's ONNX graph in onnxruntime on the CPU (the ``onnx`` extra), exported on first use
         (where it is kept: steadyvoice.onnx_export); ``on_export(message)`` hears before such an export."""
         from steadyvoice.models import load_pretrained
@@ -482,7 +481,7 @@ class Enhancer:
         Every channel (every row of a batch) is enhanced on its own, so a batch gives the same result as its
         rows one by one.
         """
-        samples, restore = _to_numpy(audio, "audio")
+        samples, restore = _to_numpy(audio)
         if isinstance(audio, torch.Tensor) or batch or getattr(samples, "ndim", 0) >= 3:
             rows = _as_rows(samples, sample_rate, "audio")  # (R, T)
             out = self._enhance_rows(rows, int(sample_rate), progress)  # (R, T)

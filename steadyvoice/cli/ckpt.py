@@ -169,15 +169,10 @@ def run_export(args) -> int:
         else:
             facts.append(f"{name} {value:.4g}" + (", best so far" if exported.is_best else ""))
     print(f"exported {exported.checkpoint} ({', '.join(facts)}) -> {exported.out_dir}")
-    command = "separate" if _task_of(exported.out_dir) == "separation" else "enhance"
+    from steadyvoice.catalog import task_of
+
+    command = "separate" if task_of(exported.out_dir) == "separation" else "enhance"
     print(f"use: steadyvoice {command} --checkpoint {exported.out_dir} ...")
-
-
-def _task_of(model_dir) -> str:
-    """'enhancement' or 'separation': the task of the exported model's architecture."""
-    from steadyvoice.models import architecture_of, read_model_config
-
-    return architecture_of(read_model_config(model_dir)).task
     return EXIT_OK
 
 
