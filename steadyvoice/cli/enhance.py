@@ -38,9 +38,9 @@ import tempfile
 from pathlib import Path
 
 from steadyvoice.audio import OUTPUT_FORMATS
-from steadyvoice.batch import Job, check_output_dir, collect_jobs, run_jobs
+from steadyvoice.batch import Job, check_output_dir, collect_jobs
 from steadyvoice.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from steadyvoice.cli.progress import FileProgress, WindowBar, summary
+from steadyvoice.cli.progress import error, positive_int, process_jobs, say, summary
 from steadyvoice.devices import DEVICE_HELP, choose_device
 from steadyvoice.errors import Problem, SteadyVoiceError
 
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
                    help="run the network in torch (default) or in onnxruntime on the CPU from the model's ONNX "
                         "graph, exported once on first use (pip install 'steadyvoice[onnx]'); "
                         "--device auto then means cpu")
-    p.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
+    p.add_argument("-j", "--jobs", type=positive_int, default=1, metavar="N",
                    help="files processed at once, on N threads sharing the model and the CPU cores (default 1)")
     p.add_argument("--format", choices=OUTPUT_FORMATS, metavar="EXT",
                    help=f"output container: {', '.join(OUTPUT_FORMATS)} (default: the input's; wav on stdout)")
@@ -77,27 +77,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def run(args) -> int:
     to_stdout = str(args.output_dir) == PIPE
     problem = _pipe_problem(args.inputs, to_stdout)
     if problem is not None:
-        _error(problem)
+        error(problem)
         return EXIT_USAGE
     with _scratch_if(to_stdout or PIPE in args.inputs) as scratch:  # stdin's copy, stdout's file
         outdir = scratch if to_stdout else Path(args.output_dir)
         problem = check_output_dir(outdir)
         if problem is not None:
-            _error(problem)
+            error(problem)
             return EXIT_USAGE
         enhancer = _load_enhancer(args)
         if enhancer is None:
@@ -106,12 +96,12 @@ def run(args) -> int:
         if PIPE in args.inputs:
             jobs, problems = _with_stdin(jobs, problems, scratch, outdir, args.format)
         if to_stdout and len(jobs) + len(problems) > 1:
-            _error(f"-o - writes one enhanced file to stdout, but {args.inputs[0]} names {len(jobs) + len(problems)}")
+            error(f"-o - writes one enhanced file to stdout, but {args.inputs[0]} names {len(jobs) + len(problems)}")
             return EXIT_USAGE
         if to_stdout:
             jobs = [Job(job.source, outdir / f"stdout.{args.format or 'wav'}") for job in jobs]
         for problem in problems:
-            _error(problem)
+            error(problem)
         done, skipped, failed = process_jobs(
             jobs, _naming_stdin(lambda job, progress: enhancer.enhance_file(job.source, job.output, progress=progress),
                                 scratch),
@@ -120,7 +110,7 @@ def run(args) -> int:
         failed += len(problems)
         if to_stdout and done:
             failed += _copy_to_stdout(jobs[0].output)
-        _say(summary(done, skipped, failed))
+        say(summary(done, skipped, failed))
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -197,7 +187,7 @@ def _copy_to_stdout(path: Path) -> int:
         sys.stdout.buffer.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        _error("stdout was closed before the whole file was written")
+        error("stdout was closed before the whole file was written")
         return 1
     return 0
 
@@ -209,44 +199,9 @@ def _load_enhancer(args):
     name_or_dir = args.checkpoint or args.model or DEFAULT_MODEL
     try:
         choice = choose_device("cpu" if args.backend == "onnx" and args.device == "auto" else args.device)
-        enhancer = Enhancer.from_pretrained(name_or_dir, device=choice.device, backend=args.backend, on_export=_say)
+        enhancer = Enhancer.from_pretrained(name_or_dir, device=choice.device, backend=args.backend, on_export=say)
     except SteadyVoiceError as exc:
-        _error(exc)
+        error(exc)
         return None
-    _say(f"device: {choice}")
+    say(f"device: {choice}")
     return enhancer
-
-
-def process_jobs(jobs: list[Job], work, *, is_done, overwrite: bool, workers: int, desc: str) -> tuple[int, int, int]:
-    """Run ``work(job, window_progress)`` over the jobs with progress on stderr; returns (done, skipped, failed)."""
-    progress = FileProgress(len(jobs), desc)
-
-    def report(job: Job, status: str, error) -> None:
-        if error is not None:
-            progress.write(f"error: {error}")
-        progress.update(failed=status == "failed")
-
-    def one(job: Job) -> None:
-        windows = WindowBar(job.source.name) if workers == 1 else None
-        try:
-            work(job, windows)
-        finally:
-            if windows is not None:
-                windows.close()
-
-    try:
-        result = run_jobs(jobs, one, is_done=(lambda job: False) if overwrite else is_done,
-                          workers=workers, report=report)
-    finally:
-        progress.close()
-    return len(result.done), len(result.skipped), len(result.failed)
-
-
-def _error(problem) -> None:
-    _say(f"error: {problem}")
-
-
-def _say(text: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(text, file=sys.stderr)

@@ -1,4 +1,7 @@
-"""Progress on stderr: a tqdm bar on a terminal, a plain line every few seconds otherwise.
+"""Many files on the command line (enhance, separate): running the jobs, their progress and messages on
+stderr, and the --jobs argument.
+
+Progress is a tqdm bar on a terminal, a plain line every few seconds otherwise.
 
 A redirected run (a log file, a batch job, a pipe) would get nothing from a tqdm bar (tqdm disables itself
 when stderr is not a terminal) or, forced on, carriage-return redraws; it gets one readable line every
@@ -7,10 +10,13 @@ when stderr is not a terminal) or, forced on, carriage-return redraws; it gets o
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 from tqdm import tqdm
+
+from steadyvoice.batch import Job, run_jobs
 
 PLAIN_INTERVAL_SECONDS = 5.0
 
@@ -97,3 +103,48 @@ def summary(done: int, skipped: int, failed: int, verb: str = "enhanced") -> str
         parts.append(f"{skipped} skipped (output exists; --overwrite to redo)")
     parts.append(f"{failed} failed")
     return ", ".join(parts)
+
+
+def process_jobs(jobs: list[Job], work, *, is_done, overwrite: bool, workers: int, desc: str) -> tuple[int, int, int]:
+    """Run ``work(job, window_progress)`` over the jobs with progress on stderr; returns (done, skipped, failed)."""
+    progress = FileProgress(len(jobs), desc)
+
+    def report(job: Job, status: str, problem) -> None:
+        if problem is not None:
+            progress.write(f"error: {problem}")
+        progress.update(failed=status == "failed")
+
+    def one(job: Job) -> None:
+        windows = WindowBar(job.source.name) if workers == 1 else None
+        try:
+            work(job, windows)
+        finally:
+            if windows is not None:
+                windows.close()
+
+    try:
+        result = run_jobs(jobs, one, is_done=(lambda job: False) if overwrite else is_done,
+                          workers=workers, report=report)
+    finally:
+        progress.close()
+    return len(result.done), len(result.skipped), len(result.failed)
+
+
+def error(problem) -> None:
+    say(f"error: {problem}")
+
+
+def say(text: str) -> None:
+    """One message line on stderr (between bar redraws on a terminal)."""
+    tqdm.write(text, file=sys.stderr)
+
+
+def positive_int(text: str) -> int:
+    """argparse type of --jobs."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from steadyvoice.batch import Job, check_output_dir, expand_inputs
 from steadyvoice.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from steadyvoice.cli.enhance import _error, _positive_int, _say, process_jobs
-from steadyvoice.cli.progress import summary
+from steadyvoice.cli.progress import error, positive_int, process_jobs, say, summary
 from steadyvoice.devices import DEVICE_HELP, choose_device
 from steadyvoice.errors import Problem, SteadyVoiceError
 
@@ -45,7 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--speakers", type=int, metavar="K",
                    help="talkers expected; a model that separates another number is refused")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
+    p.add_argument("-j", "--jobs", type=positive_int, default=1, metavar="N",
                    help="recordings processed at once, on N threads sharing the model and the CPU cores (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo recordings whose outputs already exist")
     p.set_defaults(func=run)
@@ -55,14 +54,14 @@ def run(args) -> int:
     outdir = Path(args.output_dir)
     problem = check_output_dir(outdir)
     if problem is not None:
-        _error(problem)
+        error(problem)
         return EXIT_USAGE
     separator = _load_separator(args)
     if separator is None:
         return EXIT_USAGE
     jobs, problems = collect_jobs(args.inputs, outdir, separator.speakers)
     for problem in problems:
-        _error(problem)
+        error(problem)
     from steadyvoice.separation import talker_paths
 
     done, skipped, failed = process_jobs(
@@ -73,7 +72,7 @@ def run(args) -> int:
         overwrite=args.overwrite, workers=args.jobs, desc="separate",
     )
     failed += len(problems)
-    _say(summary(done, skipped, failed, verb="separated"))
+    say(summary(done, skipped, failed, verb="separated"))
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -83,15 +82,15 @@ def _load_separator(args):
 
     name_or_dir = args.checkpoint or args.model or DEFAULT_SEPARATION_MODEL
     if args.speakers is not None and args.speakers < 2:
-        _error(f"--speakers {args.speakers}: a separation needs at least 2 talkers")
+        error(f"--speakers {args.speakers}: a separation needs at least 2 talkers")
         return None
     try:
         choice = choose_device(args.device)
         separator = Separator.from_pretrained(name_or_dir, device=choice.device, speakers=args.speakers)
     except SteadyVoiceError as exc:
-        _error(exc)
+        error(exc)
         return None
-    _say(f"device: {choice}")
+    say(f"device: {choice}")
     return separator
 
 
