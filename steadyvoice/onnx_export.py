@@ -12,6 +12,9 @@ functions of :mod:`steadyvoice.pipelines`, so each architecture's path stays one
     mossformergan-se  in the graph: STFT, |X|^0.3 compression, generator, decompression, iSTFT; outside: the
                       RMS normalisation factor, the padding to whole hops with the signal's own first samples,
                       the division by the factor, the cut to N and the silent-row rule
+    fullband-se       in the graph: its 16 kHz MossFormer2-SE core, as mossformer2-se above; outside: the soxr
+                      resampling to and from the core's rate and the upper band (band energies, the small
+                      recurrent gain network, STFT and iSTFT at 48 kHz: about 1 % of the compute), in torch
 
 Why these lines: what stays outside is a rule on the input's *length* (ClearVoice's piecewise padding, the
 frame grid) or a per-row scalar; torch.export would turn each branch of such a rule into a guard and
@@ -268,6 +271,13 @@ def _mossformergan_prepare(wave, cfg):
     return pad_to_hops(wave, cfg) * c, (c, silent)
 
 
+class _FullBandCoreGraph(_MossFormer2SEGraph):
+    """The full-band model's core: frame-aligned wave at the core's rate -> its enhanced wave."""
+
+    def __init__(self, model: nn.Module, cfg):
+        super().__init__(model.core, cfg.core)
+
+
 SPLITS: dict[str, _Split] = {
     "mossformer2-se": _Split(
         _MossFormer2SEGraph, _mossformer2_prepare,
@@ -288,6 +298,13 @@ SPLITS: dict[str, _Split] = {
         lambda cfg: cfg.hop_length, lambda cfg: 0,
         "the waveform times c = sqrt(N / sum x^2), padded to a multiple of hop_length with its own first samples; "
         "divide the output by c and cut it to N (steadyvoice.pipelines.mossformergan_se)"),
+    "fullband-se": _Split(
+        _FullBandCoreGraph, lambda wave, cfg: _mossformer2_prepare(wave, cfg.core),
+        lambda out, ctx, wave, cfg: out[:, : wave.shape[-1]],
+        lambda cfg: cfg.core.hop_length, lambda cfg: cfg.core.win_length - cfg.core.hop_length,
+        "the full-band model's 16 kHz core only: the waveform (batch, N) resampled to the core's rate, zero-padded "
+        "at the end to win_length + k * hop_length samples of the core; cut the output back to N. The band "
+        "above the core's runs outside the graph (steadyvoice.pipelines.fullband_se)"),
 }
 
 
@@ -310,7 +327,8 @@ def _split_for(cfg) -> _Split:
 
 class OnnxPass:
     """An architecture's one-pass function (as :func:`steadyvoice.pipelines.one_pass` returns: ``fn(model, wave
-    (B, N), cfg) -> (B, N)``) with the graph run by onnxruntime on the CPU; ``model`` is not used."""
+    (B, N), cfg) -> (B, N)``) with the graph run by onnxruntime on the CPU; ``model`` is used only by a
+    full-band model, whose upper band runs in torch around its core's graph."""
 
     def __init__(self, path: str | Path, cfg, *, threads: int | None = None):
         require_onnx("the onnx backend", RUNTIME_MODULES)
@@ -329,6 +347,14 @@ class OnnxPass:
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, model, wave: torch.Tensor, cfg=None) -> torch.Tensor:
+        if self.split.graph is _FullBandCoreGraph:  # the graph is the core; the upper band runs in torch around it
+            from steadyvoice.pipelines.fullband_se import enhance_waveform
+
+            with torch.no_grad():
+                return enhance_waveform(model, wave, self.cfg, core_pass=lambda core, x, core_cfg: self._graph_pass(x))
+        return self._graph_pass(wave)
+
+    def _graph_pass(self, wave: torch.Tensor) -> torch.Tensor:
         x, context = self.split.prepare(wave.detach().cpu(), self.cfg)
         out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.float().contiguous().numpy()})[0]
         return self.split.finish(torch.from_numpy(out), context, wave.detach().cpu(), self.cfg).to(wave.device)

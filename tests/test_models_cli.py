@@ -106,7 +106,7 @@ def test_unknown_name_lists_the_known_ones(tmp_path, capsys, se_pt):
     code, _, err = run(capsys, "enhance", noisy, "-o", tmp_path / "out", "--model", "mossformer2-se-48")
     assert code == 2 and len(errors(err)) == 1
     assert "mossformer2-se-48: no such model directory or model name; known enhancement models (`steadyvoice " \
-           "models`): default (enhancement, shipped);" in err  # the shipped separation model is not listed here
+           "models`): default (enhancement, shipped); default-v1 (enhancement, shipped);" in err  # the shipped separation model is not listed here
     assert "convert clearervoice SRC --name NAME" in err  # and how to add one
     assert not list((tmp_path / "out").iterdir())
 
@@ -144,8 +144,9 @@ def test_models_lists_shipped_and_user_models(capsys, se_pt, ss_pt, steadyvoice_
     assert code == 0
     listed = {m["name"]: m for m in json.loads(out)["models"]}
     assert json.loads(out)["user_models_dir"] == str(steadyvoice_home / "models")
-    assert list(listed) == ["default", "separation-default", "broken", "se-small", "ss-small"]  # shipped first
-    for name, task, rate in [("default", "enhancement", 16000), ("se-small", "enhancement", 48000),
+    assert list(listed) == ["default", "default-v1", "separation-default", "broken", "se-small", "ss-small"]  # shipped first
+    for name, task, rate in [("default", "enhancement", 48000), ("default-v1", "enhancement", 16000),
+                             ("se-small", "enhancement", 48000),
                              ("ss-small", "separation", 16000)]:
         info = listed[name]
         directory = Path(info["path"])

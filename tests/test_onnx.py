@@ -17,7 +17,7 @@ from steadyvoice import onnx_export
 from steadyvoice.cli import main
 from steadyvoice.errors import ConfigError, ModelError, SteadyVoiceError
 from steadyvoice.inference import Enhancer
-from steadyvoice.models import (FRCRNConfig, MossFormer2SSConfig, MossFormerGANConfig, build_model,
+from steadyvoice.models import (FRCRNConfig, FullBandConfig, MossFormer2SSConfig, MossFormerGANConfig, build_model,
                                 save_pretrained)
 from steadyvoice.pipelines import one_pass
 
@@ -30,7 +30,9 @@ TINY_FRCRN = FRCRNConfig(channels=8, se_reduction=4)
 TINY_GAN = MossFormerGANConfig(channels=8, query_key_dim=16, rotary_dim=8, num_blocks=1, dense_depth=2)
 TINY_SS = MossFormer2SSConfig(encoder_dim=32, model_dim=32, num_blocks=1, query_key_dim=16, rotary_dim=8,
                               fsmn_inner_dim=32, group_size=64)
-ARCHITECTURES = {"mossformer2-se": TINY, "frcrn-se": TINY_FRCRN, "mossformergan-se": TINY_GAN}
+TINY_FULLBAND = FullBandConfig(core=TINY, hidden=8, upper_bands=6, low_bands=4)
+ARCHITECTURES = {"mossformer2-se": TINY, "frcrn-se": TINY_FRCRN, "mossformergan-se": TINY_GAN,
+                 "fullband-se": TINY_FULLBAND}
 
 
 def tone(n: int, seed: int) -> torch.Tensor:

@@ -162,6 +162,21 @@ def test_si_sdr_is_scale_invariant_and_knows_a_perfect_estimate():
     assert 15 < float(si_sdr(noisy, x).mean()) < 25  # 20 dB of white noise
 
 
+def test_multi_resolution_stft_loss_is_zero_for_the_reference_and_grows_with_the_error():
+    from steadyvoice.train.losses import multi_resolution_stft
+
+    x = torch.randn(3, 16000, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(3, 16000, generator=torch.Generator().manual_seed(2))
+    assert multi_resolution_stft(x, x).shape == (3,) and torch.all(multi_resolution_stft(x, x) == 0)
+    small, large = multi_resolution_stft(x + 0.01 * noise, x), multi_resolution_stft(x + 0.3 * noise, x)
+    assert (small > 0).all() and (large > small).all()
+    quiet = x.clone()
+    quiet[:, 8000:] = 0.0  # silence in the reference: residual noise there is what its log term sees
+    tail = torch.zeros_like(x)
+    tail[:, 8000:] = 1e-3 * noise[:, 8000:]
+    assert (multi_resolution_stft(quiet + tail, quiet) > 0.5).all()  # -60 dB of noise in a pause is not free
+
+
 # ------------------------------------------------------------------ schedule
 
 
@@ -412,6 +427,17 @@ def test_bf16_autocast_and_si_snr_loss_train_on_cpu(tmp_path, corpus):
     assert all(np.isfinite(r["loss"]) for r in logged(tmp_path)) and len(logged(tmp_path)) == 3
     with pytest.raises(ConfigError, match="train.autocast: fp16 needs a CUDA device"):
         make_trainer(tiny_config(corpus, "train.autocast=fp16"))
+
+
+def test_the_multi_resolution_stft_term_trains_and_belongs_to_mossformer2_se(tmp_path, corpus):
+    trainer = make_trainer(tiny_config(corpus, "train.max_steps=2", "loss.mrstft_weight=0.3"), tmp_path)
+    assert trainer.fit() == "max_steps" and all(np.isfinite(r["loss"]) for r in logged(tmp_path))
+    from steadyvoice.train.objectives import objective_for
+    from steadyvoice.train.config import LossConfig
+    from steadyvoice.models import get_config
+
+    with pytest.raises(ConfigError, match="loss.mrstft_weight: not a loss of frcrn-se models"):
+        objective_for(get_config("frcrn-se-16k-small"), LossConfig(psm_weight=1.0, mrstft_weight=0.3))
 
 
 # ------------------------------------------------------------------ command line

@@ -1,4 +1,4 @@
-"""FRCRN and MossFormerGAN training keep every checkpoint promise: exact resume at any step, after SIGKILL
+"""FRCRN, MossFormerGAN and full-band training keep every checkpoint promise: exact resume at any step, after SIGKILL
 (mid-save too) and with 2 processes, for every named part (a GAN's discriminator, its optimizer and its
 schedule included). Tiny networks (recipes/*-tiny-cpu.yaml) on 0.5 s crops of the synthetic corpus.
 """
@@ -26,7 +26,8 @@ from faultinject import (
 )
 from steadyvoice.checkpoint.api import inspect_checkpoint, load_checkpoint
 
-RECIPES = {"frcrn": REPO / "recipes" / "frcrn-tiny-cpu.yaml", "gan": REPO / "recipes" / "mossformergan-tiny-cpu.yaml"}
+RECIPES = {"frcrn": REPO / "recipes" / "frcrn-tiny-cpu.yaml", "gan": REPO / "recipes" / "mossformergan-tiny-cpu.yaml",
+           "fullband": REPO / "recipes" / "fullband-tiny-cpu.yaml"}
 STEPS = 5  # 4 steps per epoch; validations at 3 (best) and 5 (end)
 SMALL = ["data.crop_seconds=0.5", "checkpoint.save_every=1", "checkpoint.keep_last=100"]
 

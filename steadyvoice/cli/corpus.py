@@ -7,7 +7,7 @@ import sys
 import time
 
 from steadyvoice.config import from_dict
-from steadyvoice.corpus.config import REAL_NOISE, REAL_SPEECH, SYNTHETIC_NOISE, TTS_ENGINES, CorpusConfig
+from steadyvoice.corpus.config import INTL_SPEECH, REAL_NOISE, REAL_SPEECH, SYNTHETIC_NOISE, TTS_ENGINES, CorpusConfig
 
 
 def register(subparsers) -> None:
@@ -23,8 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--hours", type=float, default=1.0, help="approximate clean speech over all splits (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--sample-rate", type=int, default=16000, help="sample rate of every file (default 16000)")
-    p.add_argument("--speech", nargs="+", metavar="SOURCE", choices=[*REAL_SPEECH, *TTS_ENGINES],
-                   help=f"speech sources (default all): {', '.join([*REAL_SPEECH, *TTS_ENGINES])}")
+    p.add_argument("--speech", nargs="+", metavar="SOURCE", choices=[*REAL_SPEECH, *INTL_SPEECH, *TTS_ENGINES],
+                   help=f"speech sources (default: {', '.join([*REAL_SPEECH, *TTS_ENGINES])}; also "
+                        f"{', '.join(INTL_SPEECH)}: other languages, train split only)")
     p.add_argument("--noise", nargs="+", metavar="SOURCE", choices=[*REAL_NOISE, *SYNTHETIC_NOISE],
                    help=f"noise sources (default all): {', '.join([*REAL_NOISE, *SYNTHETIC_NOISE])}")
     p.add_argument("--install", action="store_true",

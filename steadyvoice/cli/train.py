@@ -57,7 +57,8 @@ def register(subparsers) -> None:
     start.add_argument("--resume-from", type=Path, metavar="PATH",
                        help="resume from this checkpoint (or run dir, RUN_DIR/last, RUN_DIR/best)")
     p.add_argument("--init-from", type=Path, metavar="PATH",
-                   help="fresh run starting from these weights only (checkpoint, run dir, RUN_DIR/best, exported model)")
+                   help="fresh run starting from these weights only (checkpoint, run dir, RUN_DIR/best, exported "
+                        "model, or a model name from `steadyvoice models`)")
     p.set_defaults(func=run)
 
 
@@ -95,6 +96,11 @@ def run(args) -> int:
     check_gan_section(cfg.model.resolve(), cfg.loss, cfg.gan)
     if args.init_from is not None and args.resume_from is not None:
         raise SteadyVoiceError("--init-from starts a new run from weights; it cannot be combined with --resume-from")
+    init_path = args.init_from
+    if init_path is not None and not init_path.exists() and len(init_path.parts) == 1:  # a model's name
+        from steadyvoice import catalog
+
+        init_path = catalog.lookup(str(init_path), how_to="pass a checkpoint, run or model directory")
     try:
         from steadyvoice.checkpoint import Checkpointer, load_weights
     except ImportError as exc:
@@ -123,8 +129,7 @@ def run(args) -> int:
         trainer = Trainer(cfg, data, dist, run_dir=run_dir, console=dist.is_main)
         checkpointer = Checkpointer(run_dir, cfg.checkpoint, dist, resume_from=args.resume_from, restart=args.restart)
         init = None
-        if args.init_from is not None:
-            init_path = args.init_from
+        if init_path is not None:
 
             def init(model):
                 return load_weights(model, init_path)

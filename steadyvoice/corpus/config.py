@@ -8,6 +8,7 @@ SPLITS = ("train", "valid", "test")
 
 # Clean-speech sources: real recordings from Debian packages (see sources.py) and TTS engines (tts.py).
 REAL_SPEECH = ("asterisk", "hedgewars", "kajongg", "ktuberling", "klettres", "codec2")
+INTL_SPEECH = ("klettres-intl", "ktuberling-intl")  # other languages, train split only; not in the default set
 TTS_ENGINES = ("flite", "festival", "espeak-ng")
 # Noise: real recordings from Debian packages and synthetic families (noise.py).
 REAL_NOISE = ("minetest", "lincity", "wesnoth", "etr", "freeciv", "hedgewars-sfx", "opsound")
@@ -44,7 +45,7 @@ class CorpusConfig:
             raise ValueError(f"sample_rate={self.sample_rate}: use 8000, 16000, 22050, 24000, 32000, 44100 or 48000")
         if any(f <= 0 for f in self.split_fractions) or abs(sum(self.split_fractions) - 1.0) > 1e-6:
             raise ValueError(f"split_fractions={list(self.split_fractions)}: three positive numbers summing to 1")
-        for name, allowed in (("speech", (*REAL_SPEECH, *TTS_ENGINES)), ("noise", (*REAL_NOISE, *SYNTHETIC_NOISE))):
+        for name, allowed in (("speech", (*REAL_SPEECH, *INTL_SPEECH, *TTS_ENGINES)), ("noise", (*REAL_NOISE, *SYNTHETIC_NOISE))):
             chosen = getattr(self, name)
             unknown = [s for s in chosen if s not in allowed]
             if unknown:

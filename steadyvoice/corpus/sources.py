@@ -4,7 +4,8 @@ A data package is used where it is installed; otherwise ``apt-get download`` fet
 cache directory and ``dpkg-deb -x`` unpacks it there (no root needed, nothing installed system-wide:
 some of these packages belong to games with large dependency trees). The package version is recorded.
 
-Speech: only English recordings are listed, and no clip from a PyPI package is used (the project's
+Speech: English recordings, and (sources ``*-intl``, opt-in with ``--speech``, all in the train split)
+recordings in other languages by other speakers; no clip from a PyPI package is used (the project's
 held-out evaluation draws on such material). Each real speaker is assigned to one split in
 ``SPEECH_SOURCES`` below, by hand and independently of the seed, so that splits never share a voice:
 a source with a single speaker (e.g. the Asterisk prompts, one speaker) goes wholly into one split.
@@ -34,7 +35,7 @@ log = logging.getLogger("steadyvoice")
 
 @dataclass(frozen=True)
 class SpeechSource:
-    """English speech in a Debian package: speakers (each with its split) and the files of each."""
+    """Speech in a Debian package: speakers (each with its split) and the files of each."""
 
     name: str
     package: str
@@ -60,6 +61,9 @@ class NoiseSource:
 _ALLISON = "usr/share/asterisk/sounds/en_US_f_Allison"
 _HW = "usr/share/games/hedgewars/Data/Sounds"
 _KAJONGG = "usr/share/kajongg/voices"
+_KLETTRES_INTL = ("ar", "cs", "da", "de", "es", "fr", "he", "hu", "it", "lt", "ml", "nb", "nds", "nl", "pt_BR", "ru",
+                  "tn", "uk")
+_KTUBERLING_INTL = ("ca", "da", "de", "el", "gl", "lt", "ru", "sl", "uk", "wa")  # the 44.1 kHz ones (others: 8 kHz)
 
 SPEECH_SOURCES: dict[str, SpeechSource] = {s.name: s for s in (
     SpeechSource(
@@ -97,6 +101,19 @@ SPEECH_SOURCES: dict[str, SpeechSource] = {s.name: s for s in (
         speakers={"en": "valid", "en_GB": "test"},
         patterns={"en": ("usr/share/klettres/en/alpha/*.ogg", "usr/share/klettres/en/syllab/*.ogg"),
                   "en_GB": ("usr/share/klettres/en_GB/alpha/*.ogg", "usr/share/klettres/en_GB/syllab/*.ogg")},
+    ),
+    # Other languages (44.1 kHz recordings; one speaker per language as far as known), for training only: the
+    # held-out splits stay English. The English voices of the same packages are the sources above.
+    SpeechSource(
+        "klettres-intl", "klettres-data", "GPL-2+ (KDE)",
+        speakers={lang: "train" for lang in _KLETTRES_INTL},
+        patterns={lang: (f"usr/share/klettres/{lang}/alpha/*.ogg", f"usr/share/klettres/{lang}/syllab/*.ogg")
+                  for lang in _KLETTRES_INTL},
+    ),
+    SpeechSource(
+        "ktuberling-intl", "ktuberling-data", "GPL-2+ (KDE)",
+        speakers={lang: "train" for lang in _KTUBERLING_INTL},
+        patterns={lang: (f"usr/share/ktuberling/sounds/{lang}/*.ogg",) for lang in _KTUBERLING_INTL},
     ),
     SpeechSource(
         # Clean speech-codec test sentences (8 kHz, one 16 kHz), one speaker per file as far as known;

@@ -32,6 +32,7 @@ from steadyvoice.config import from_dict, to_dict
 from steadyvoice.errors import ConfigError, ModelError
 from steadyvoice.fileio import atomic_write_path, atomic_write_text, fsync_dir
 from steadyvoice.models.frcrn import FRCRN, FRCRNConfig
+from steadyvoice.models.fullband import FullBandConfig, FullBandSE
 from steadyvoice.models.mossformer2 import MossFormer2SE, MossFormer2SEConfig
 from steadyvoice.models.mossformer2_ss import MossFormer2SS, MossFormer2SSConfig
 from steadyvoice.models.mossformer_gan import MossFormerGANConfig, MossFormerGANGenerator
@@ -45,6 +46,8 @@ __all__ = [
     "MossFormer2SS",
     "MossFormerGANConfig",
     "MossFormerGANGenerator",
+    "FullBandConfig",
+    "FullBandSE",
     "CONFIGS",
     "get_config",
     "build_model",
@@ -92,6 +95,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mossformergan-se": Architecture("mossformergan-se", "enhancement", MossFormerGANConfig, MossFormerGANGenerator,
                                      "MossFormer time-frequency generator, magnitude mask + complex residual on a "
                                      "compressed STFT (ClearerVoice MossFormerGAN_SE_16K)"),
+    "fullband-se": Architecture("fullband-se", "enhancement", FullBandConfig, FullBandSE,
+                                "16 kHz MossFormer2-SE core for 0-8 kHz + learned gains for the band above "
+                                "(SteadyVoice default-v2)"),
 }
 
 
@@ -127,6 +133,11 @@ CONFIGS: dict[str, Any] = {
     # training discriminator: steadyvoice.models.mossformer_gan.DISCRIMINATOR_CONFIGS.
     "mossformergan-se-16k": MossFormerGANConfig(),
     "mossformergan-se-16k-small": MossFormerGANConfig(channels=16, query_key_dim=32),
+    # Full band at 48 kHz: the default-v1 core (16 kHz MossFormer2-SE, 128 wide, 4 blocks) and upper-band gains,
+    # and a small core for tests and quick experiments.
+    "fullband-se-48k": FullBandConfig(),
+    "fullband-se-48k-small": FullBandConfig(core=MossFormer2SEConfig(
+        sample_rate=16000, win_length=512, hop_length=128, n_mels=40, model_dim=64, num_blocks=2), hidden=32),
 }
 
 

@@ -28,6 +28,7 @@ PIPELINES: dict[str, str] = {
     "frcrn-se": "steadyvoice.pipelines.frcrn_se:enhance_waveform",
     "mossformer2-ss": "steadyvoice.pipelines.mossformer2_ss:separate_waveform",
     "mossformergan-se": "steadyvoice.pipelines.mossformergan_se:enhance_waveform",
+    "fullband-se": "steadyvoice.pipelines.fullband_se:enhance_waveform",
 }
 
 

@@ -43,6 +43,11 @@ MAY_CHANGE_SECTIONS = ("checkpoint",)
 class ModelSection:
     name: str = "mossformer2-se-48k"  # a named config of steadyvoice.models
     overrides: dict[str, Any] = field(default_factory=dict)  # MossFormer2SEConfig fields to change
+    # Submodule -> exported model (a name `steadyvoice models` lists, or a directory) whose weights that part
+    # starts from, e.g. {core: default-v1}; strict (every key and shape must fit). A resumed run restores its
+    # own weights over them.
+    init_parts: dict[str, str] = field(default_factory=dict)
+    freeze: list[str] = field(default_factory=list)  # submodules whose weights do not train, e.g. [core]
 
     def resolve(self):
         """The MossFormer2SEConfig this section describes (ConfigError naming model.overrides.<key>)."""
@@ -112,18 +117,22 @@ class LossConfig:
     psm_weight: float = 1.0  # official loss: magnitude-weighted phase-sensitive-mask MSE
     psm_ratio: Literal["l2", "l1"] = "l2"  # the official code's default is l2 (|S|^2/|Y|^2 * cos)
     si_snr_weight: float = 0.0  # negative SI-SNR of the resynthesised waveform
+    mrstft_weight: float = 0.0  # MossFormer2-SE: multi-resolution STFT loss of the waveform (losses.multi_resolution_stft)
     # FRCRN: complex-mask MSE (real and imaginary parts)
     mask_weight: float = 0.0
     # MossFormerGAN-SE generator: compressed-spectrum MSE of real+imag parts, of magnitudes, L1 of the waveform,
-    # and the metric discriminator's (D(clean, estimate) - 1)^2
+    # and the metric discriminator's (D(clean, estimate) - 1)^2. Full-band (fullband-se): mag_weight weighs the
+    # compressed-magnitude MSE of the upper band, and upper_mse_weight its complex-spectrum error over the noisy
+    # band's energy (an inverse band SNR, which the compressed term alone under-weighs in loud frames).
     ri_weight: float = 0.0
     mag_weight: float = 0.0
     time_weight: float = 0.0
     adversarial_weight: float = 0.0
+    upper_mse_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("psm_weight", "si_snr_weight", "mask_weight", "ri_weight", "mag_weight", "time_weight",
-                    "adversarial_weight"):
+        for key in ("psm_weight", "si_snr_weight", "mrstft_weight", "mask_weight", "ri_weight", "mag_weight", "time_weight",
+                    "adversarial_weight", "upper_mse_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"loss.{key}={getattr(self, key)}: must not be negative")
 

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from steadyvoice.checkpoint.parts import ModelState, OptimizerState, Parts, RNGState
 from steadyvoice.data import DataPosition, ShardedBatchSampler, TrainingData, build_training_data, collate, usable_examples
-from steadyvoice.errors import ConfigError, DataError
+from steadyvoice.errors import ConfigError, DataError, SteadyVoiceError
 from steadyvoice.models import architecture_of, build_model, count_parameters
 from steadyvoice.train.config import TrainConfig
 from steadyvoice.distributed import DistContext, die_with_parent, wrap_model
@@ -227,6 +227,7 @@ class Trainer:
         check_gan_section(self.model_config, cfg.loss, cfg.gan)
         self.task = architecture_of(self.model_config).task  # "enhancement" or "separation"
         self.model = build_model(self.model_config).to(self.device)  # the bare model (what state_dict saves)
+        self.part_sources = init_and_freeze_parts(self.model, cfg.model.init_parts, cfg.model.freeze)
         self.net = wrap_model(self.model, self.dist)  # what forward/backward run through (DDP when W > 1)
         self.optimizer = self._build_optimizer()
         self.progress = Progress()
@@ -318,7 +319,7 @@ class Trainer:
             if not resumed and init_weights is not None:
                 init_source = init_weights(self.model)
             logger.open(self.progress.step, {
-                "resumed": bool(resumed), "init_from": init_source,
+                "resumed": bool(resumed), "init_from": init_source, "init_parts": self.part_sources,
                 "epoch": self.position.epoch, "consumed": self.position.consumed,
                 "world_size": self.dist.world_size, "parameters": count_parameters(self.model),
                 "train_examples": len(self.data.train), "valid_examples": self.data.valid.count})
@@ -601,3 +602,32 @@ def _by_snr(table: np.ndarray, edges: list[float]) -> dict:
 
 
 __all__ = ["Checkpointer", "DataState", "Progress", "ScalerState", "Trainer", "seed_everything", "training_data"]
+
+
+def init_and_freeze_parts(model: torch.nn.Module, init_parts: dict[str, str], freeze: list[str]) -> dict[str, str]:
+    """``model.init_parts`` and ``model.freeze`` of the config: load each named submodule's weights from an
+    exported model (strictly), then stop the listed submodules from training. Returns part -> model dir."""
+    from steadyvoice import catalog
+    from steadyvoice.checkpoint import load_weights
+
+    def part(name: str, key: str) -> torch.nn.Module:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            children = ", ".join(n for n, _ in model.named_children())
+            raise ConfigError(f"{key}: the model has no part {name!r} (its parts: {children})") from None
+
+    sources = {}
+    for name, source in init_parts.items():
+        module = part(name, f"model.init_parts.{name}")
+        path = Path(source) if Path(source).is_dir() else catalog.lookup(source, how_to="pass a model directory")
+        try:
+            load_weights(module, path)
+        except SteadyVoiceError as exc:
+            raise ConfigError(f"model.init_parts.{name}: {exc}") from None
+        sources[name] = str(path)
+    for name in freeze:
+        part(name, "model.freeze").requires_grad_(False)
+    if freeze and not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model.freeze: {', '.join(freeze)} leaves nothing to train")
+    return sources

@@ -23,7 +23,7 @@ import torch
 
 from steadyvoice.errors import ConfigError
 from steadyvoice.train.config import LossConfig
-from steadyvoice.train.losses import neg_si_snr, psm_mse
+from steadyvoice.train.losses import multi_resolution_stft, neg_si_snr, psm_mse
 
 
 class Objective(Protocol):
@@ -39,8 +39,9 @@ class MossFormer2SEObjective:
     """
 
     def __init__(self, model_cfg: Any, loss: LossConfig):
-        if loss.psm_weight + loss.si_snr_weight == 0:
-            raise ConfigError("loss.psm_weight and loss.si_snr_weight are both 0: nothing to train on")
+        if loss.psm_weight + loss.si_snr_weight + loss.mrstft_weight == 0:
+            raise ConfigError("loss.psm_weight, loss.si_snr_weight and loss.mrstft_weight are all 0: nothing to "
+                              "train on")
         self.cfg, self.loss = model_cfg, loss
 
     def __call__(self, net, noisy, clean, *, autocast, want_wave=False) -> dict:
@@ -48,7 +49,7 @@ class MossFormer2SEObjective:
 
         n = cropped_length(noisy.shape[-1], self.cfg)
         noisy, clean = noisy[:, :n], clean[:, :n]  # (B, n)
-        reconstruct = bool(self.loss.si_snr_weight or want_wave)
+        reconstruct = bool(self.loss.si_snr_weight or self.loss.mrstft_weight or want_wave)
         mask, noisy_spec, enhanced = one_pass(net, noisy, self.cfg, autocast=autocast, reconstruct=reconstruct)
         loss = torch.zeros(noisy.shape[0], device=noisy.device)
         if self.loss.psm_weight:
@@ -57,6 +58,8 @@ class MossFormer2SEObjective:
         if reconstruct:  # enhanced: (B, n)
             if self.loss.si_snr_weight:
                 loss = loss + self.loss.si_snr_weight * neg_si_snr(enhanced, clean)
+            if self.loss.mrstft_weight:
+                loss = loss + self.loss.mrstft_weight * multi_resolution_stft(enhanced, clean)
             out["enhanced"], out["clean"] = enhanced, clean
         out["loss"] = loss
         return out
@@ -180,12 +183,48 @@ class SeparationObjective:
         return out
 
 
+class FullBandObjective:
+    """Upper-band gains of a full-band model, over the bins the gains cover: ``mag_weight`` x the MSE of
+    power-law compressed magnitudes (|X|^0.3, as DeepFilterNet's spectral loss) between the gained noisy upper
+    part X and the clean upper part S, plus ``upper_mse_weight`` x sum |X - S|^2 / sum |Y|^2 (Y: the noisy
+    upper part), an inverse band SNR. The core runs as at inference (frozen: without autograd)."""
+
+    COMPRESS = 0.3
+
+    def __init__(self, model_cfg: Any, loss: LossConfig):
+        if loss.mag_weight == 0:
+            raise ConfigError("loss.mag_weight is 0: the full-band model trains its upper band on it; set it > 0")
+        self.cfg, self.loss = model_cfg, loss
+        self.first_bin = int(model_cfg.upper_from_hz / (model_cfg.sample_rate / 2) * (model_cfg.n_freqs - 1))
+
+    def __call__(self, net, noisy, clean, *, autocast, want_wave=False) -> dict:
+        from steadyvoice.pipelines.fullband_se import one_pass, stft, upper_part
+
+        with autocast:
+            result = one_pass(net, noisy, self.cfg)
+        band = slice(self.first_bin, None)
+        noisy_band = result.upper_spec[:, band]  # (B, F', T)
+        estimate = noisy_band * result.gains.transpose(1, 2)[:, band]
+        target = stft(upper_part(clean, self.cfg), self.cfg)[:, band]
+        c = self.COMPRESS
+        compressed = (estimate.abs().clamp(min=1e-12).pow(c) - target.abs().clamp(min=1e-12).pow(c)).square()
+        loss = self.loss.mag_weight * compressed.mean(dim=(1, 2))
+        if self.loss.upper_mse_weight:
+            power = (estimate - target).abs().square().sum(dim=(1, 2))
+            loss = loss + self.loss.upper_mse_weight * power / noisy_band.abs().square().sum(dim=(1, 2)).clamp(min=1e-10)
+        out = {"loss": loss}
+        if want_wave:
+            out["enhanced"], out["clean"] = result.enhanced.detach(), clean
+        return out
+
+
 # architecture -> (objective class, the LossConfig fields it uses)
 OBJECTIVES: dict[str, tuple[type, tuple[str, ...]]] = {
-    "mossformer2-se": (MossFormer2SEObjective, ("psm_weight", "psm_ratio", "si_snr_weight")),
+    "mossformer2-se": (MossFormer2SEObjective, ("psm_weight", "psm_ratio", "si_snr_weight", "mrstft_weight")),
     "frcrn-se": (FRCRNObjective, ("si_snr_weight", "mask_weight")),
     "mossformergan-se": (MossFormerGANObjective, ("ri_weight", "mag_weight", "time_weight", "adversarial_weight")),
     "mossformer2-ss": (SeparationObjective, ()),
+    "fullband-se": (FullBandObjective, ("mag_weight", "upper_mse_weight")),
 }
 
 
