@@ -444,7 +444,9 @@ def build_report(results: dict, files: list[dict], metrics: list[str], corpus: P
     rates = sorted({f["native_rate"] for f in common})
     if len(rates) > 1 and None not in rates:  # per bandwidth: the rate each clean recording was made at
         for rate in rates:
-            subsets[f"recorded at {rate / 1000:g} kHz"] = [f for f in common if f["native_rate"] == rate]
+            subset = [f for f in common if f["native_rate"] == rate]
+            if subset not in subsets.values():  # e.g. every TTS file and nothing else at 22.05 kHz: said once
+                subsets[f"recorded at {rate / 1000:g} kHz"] = subset
     request = _manifest(corpus).get("request", {}).get("config", {})
     return {
         "corpus": {"directory": str(corpus.resolve()), "hours": request.get("hours"), "seed": request.get("seed"),
@@ -530,7 +532,7 @@ def format_report(report: dict, label: str) -> str:
     lines = [intro, ""]
     for name, subset in report["subsets"].items():
         title = "All test files" if name == "all" else f"{name[0].upper()}{name[1:]} only"
-        lines += [f"### {title} ({subset['files']} files)", ""]
+        lines += [f"### {title} ({subset['files']} file{'s' if subset['files'] != 1 else ''})", ""]
         lines += _table(subset["summary"], report["columns"], labels,
                         report["comparison"] if name == "all" else None)
         lines.append("")

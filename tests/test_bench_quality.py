@@ -31,6 +31,7 @@ TINY = MossFormer2SEConfig(sample_rate=16000, win_length=512, hop_length=128, n_
 # name, SNR (dB), source (real recording or TTS)
 MIXTURES = [("00000_hedgewars_a", 0.0, "hedgewars"), ("00001_tts_b", 0.0, "tts:flite"),
             ("00002_hedgewars_c", 10.0, "hedgewars"), ("00003_tts_d", 10.0, "tts:espeak-ng")]
+NATIVE_RATES = {"00000_hedgewars_a": 44100, "00001_tts_b": 16000, "00002_hedgewars_c": 44100, "00003_tts_d": 22050}
 METRICS = ["pesq_wb", "si_sdr"]
 
 
@@ -68,7 +69,7 @@ def corpus(tmp_path_factory) -> Path:
         write_audio(root / "test" / "noisy" / f"{name}.wav", (clean + noise).astype(np.float32), SR, subtype="PCM_16")
         lines.append([name, f"test/clean/{name}.wav", f"test/noisy/{name}.wav", f"{snr:.1f}"])
         files.append({"path": f"test/clean/{name}.wav", "split": "test", "kind": "clean", "source": source,
-                      "duration": 1.5})
+                      "duration": 1.5, "native_sample_rate": NATIVE_RATES[name]})
     with open(root / "test" / "mixtures.csv", "w", newline="") as fh:
         csv.writer(fh).writerows(lines)
     manifest = {"format": "steadyvoice-corpus", "request": {"config": {"hours": 1.0, "seed": 0}}, "files": files}
@@ -167,6 +168,18 @@ def test_per_snr_and_real_vs_tts_breakdowns(run, corpus):
     direct = scores_of(corpus, out / "audio" / "rnnoise", si_sdr)
     assert report["by_snr"][0]["rnnoise"]["si_sdr"] == pytest.approx(
         np.mean([direct["00000_hedgewars_a"], direct["00001_tts_b"]]), abs=1e-9)
+
+
+def test_per_bandwidth_breakdown_by_the_rate_each_recording_was_made_at(run, corpus):
+    _, out, text = run
+    report = json.loads((out / "quality.json").read_text())
+    # 44.1 kHz holds exactly the real recordings: said once, under "real recordings"
+    assert [name for name in report["subsets"] if name.startswith("recorded")] == [
+        "recorded at 16 kHz", "recorded at 22.05 kHz"]
+    direct = scores_of(corpus, corpus / "test" / "noisy", si_sdr)
+    assert report["subsets"]["recorded at 22.05 kHz"]["summary"]["noisy"]["si_sdr"]["mean"] == pytest.approx(
+        direct["00003_tts_d"], abs=1e-9)
+    assert "### Recorded at 16 kHz only (1 file)" in text
 
 
 def test_noisereduce_output_is_the_library_call_on_the_noisy_file(run, corpus):
