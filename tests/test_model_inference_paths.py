@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from steadyvoice.models import (CONFIGS, build_model, load_pretrained, read_pretrained_weights,
                                 save_pretrained)
-from steadyvoice.models.mossformer2 import GatedAttentionUnit, MossFormer2SEConfig, plus_depthwise_over_time
+from steadyvoice.models.mossformer2 import (GatedAttentionUnit, MossFormer2SEConfig, plus_depthwise_over_time,
+                                            textbook_ops)
 
 
 @pytest.mark.parametrize("channels, kernel, T", [(64, 17, 50), (32, 39, 20), (8, 17, 3), (16, 5, 1)])
@@ -16,13 +17,14 @@ def test_depthwise_residual_without_autograd_equals_the_training_path(channels, 
     conv = torch.nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=channels, bias=False)
     x = torch.randn(2, T, channels)
     expected = x + F.conv1d(x.transpose(1, 2), conv.weight, padding=kernel // 2, groups=channels).transpose(1, 2)
-    with torch.enable_grad():
+    with torch.enable_grad(), textbook_ops():
         training = plus_depthwise_over_time(conv, x)
     with torch.no_grad():
         inference = plus_depthwise_over_time(conv, x)
     assert training.requires_grad and not inference.requires_grad
     torch.testing.assert_close(training, expected, rtol=0, atol=0)
     torch.testing.assert_close(inference, expected, rtol=1e-6, atol=1e-6)
+    # (the fast training path, DepthwiseOverTime, against both: tests/test_model_grad.py)
     with torch.no_grad():
         kernel = conv.weight.detach().clone()
         plus_depthwise_over_time(conv, x)

@@ -23,7 +23,8 @@ separation network :mod:`steadyvoice.models.mossformer2_ss`, which builds them w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MossFormer2SEConfig", "MossFormer2SE", "check_mask_net_fields", "sinusoidal_inv_freq", "rotary_freqs"]
+__all__ = ["MossFormer2SEConfig", "MossFormer2SE", "check_mask_net_fields", "sinusoidal_inv_freq", "rotary_freqs",
+           "textbook_ops"]
 
 
 @dataclass(frozen=True)
@@ -198,21 +200,84 @@ class ScaleNorm(nn.Module):
         return x / norm.clamp(min=self.eps) * self.g
 
 
+# Off (the default), autograd runs the fast formulations below; on (textbook_ops()), the textbook ones: a
+# depthwise nn.Conv1d plus the residual, attention over zero-padded groups. Same values to float rounding,
+# same dropout draws. The textbook forms are the baseline of bench/train.py and of the gradient tests.
+_TEXTBOOK = False
+
+
+@contextlib.contextmanager
+def textbook_ops() -> Iterator[None]:
+    """Within this context, training (autograd) runs the textbook formulations instead of the fast ones."""
+    global _TEXTBOOK
+    before, _TEXTBOOK = _TEXTBOOK, True
+    try:
+        yield
+    finally:
+        _TEXTBOOK = before
+
+
 def plus_depthwise_over_time(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """x + a depthwise ``conv`` (no bias, same-length padding) along the time axis of x (B, T, C) -> (B, T, C).
 
-    Without autograd it runs as one 2-D convolution on a channels-last view of x whose kernel has 1 added to
-    its centre tap (the residual): oneDNN's CPU kernel for that is 10-20x faster than its 1-D depthwise path,
-    needs no transposed copies and no separate addition; same weights, same result to float32 rounding.
-    With autograd the 1-D path stays: the 2-D one's weight gradient is slower than the 1-D convolution's.
+    It runs as one 2-D convolution on a channels-last view of x whose kernel has 1 added to its centre tap
+    (the residual): oneDNN's CPU kernel for that is 10-20x faster than its 1-D depthwise path, needs no
+    transposed copies and no separate addition; same weights, same result to float32 rounding. With autograd
+    the backward pass is the same kind of convolution (:class:`DepthwiseOverTime`).
     """
-    if torch.is_grad_enabled():
-        return x + conv(x.transpose(1, 2)).transpose(1, 2)
-    kernel = conv.weight.clone()  # (C, 1, K)
-    kernel[..., conv.kernel_size[0] // 2] += 1.0  # the identity tap: x itself
-    out = F.conv2d(x.transpose(1, 2).unsqueeze(2), kernel.unsqueeze(2), padding=(0, conv.padding[0]),
-                   groups=conv.groups)  # (B, C, 1, T), channels-last
+    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
+        if _TEXTBOOK:
+            return x + conv(x.transpose(1, 2)).transpose(1, 2)
+        return DepthwiseOverTime.apply(x, conv.weight)
+    return _plus_depthwise(x, conv.weight)
+
+
+def _plus_depthwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x + depthwise conv of x (B, T, C) with weight (C, 1, K), K odd, as a channels-last conv2d -> (B, T, C)."""
+    kernel = weight.clone()  # (C, 1, K)
+    kernel[..., kernel.shape[-1] // 2] += 1.0  # the identity tap: x itself
+    kernel = kernel.to(x.dtype)
+    out = F.conv2d(x.contiguous().transpose(1, 2).unsqueeze(2), kernel.unsqueeze(2),
+                   padding=(0, kernel.shape[-1] // 2), groups=kernel.shape[0])  # (B, C, 1, T), channels-last
     return out.squeeze(2).transpose(1, 2)
+
+
+class DepthwiseOverTime(torch.autograd.Function):
+    """x + depthwise conv over time on (B, T, C), forward and backward without leaving the (B, T, C) layout.
+
+    Written by hand because autograd's own backward of the channels-last conv2d computes the weight gradient
+    slower than the whole 1-D path. Backward: the input gradient is the same depthwise convolution (plus the
+    identity) with the kernel flipped in time; the weight gradient, sum over batch and time of grad(t) *
+    x(t + k - K//2), is K multiply-and-sums over shifted views into one reused buffer: measured faster than
+    torch.nn.grad.conv2d_weight and than grouped-convolution or batched-matmul forms at these sizes.
+    Runs without autocast, in the dtype of x.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            out = _plus_depthwise(x, weight)
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad = grad.to(x.dtype).contiguous()  # (B, T, C)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _plus_depthwise(grad, weight.flip(-1))
+        if ctx.needs_input_grad[1]:
+            K = weight.shape[-1]
+            T = x.shape[1]
+            padded = F.pad(x, (0, 0, K // 2, K // 2))  # (B, T + K - 1, C)
+            product, grad_w = torch.empty_like(grad), grad.new_empty(K, grad.shape[-1])  # (B, T, C), (K, C)
+            for k in range(K):
+                torch.mul(grad, padded[:, k:k + T], out=product)
+                torch.sum(product, dim=(0, 1), out=grad_w[k])
+            grad_w = grad_w.t().unsqueeze(1).to(weight.dtype)  # (C, 1, K)
+        return grad_x, grad_w
 
 
 class ConvFeedForward(nn.Module):
@@ -283,25 +348,36 @@ class GatedAttentionUnit(nn.Module):
     def attend(self, quad_q, lin_q, quad_k, lin_k, values):
         """Quadratic attention within groups + linear attention across groups, for values (B, T, E)."""
         exporting = torch.compiler.is_exporting()
-        if self.causal or (torch.is_grad_enabled() and not exporting):
-            # Training keeps the zero-padded formulation: the same dropout draws and the same rounding as the
-            # code every existing run and checkpoint was trained with (bit-exact resume across versions).
+        if self.causal or (_TEXTBOOK and torch.is_grad_enabled() and not exporting):
             return self._attend_grouped(quad_q, lin_q, quad_k, lin_k, values)
         if exporting:  # one graph for every length (steadyvoice.onnx_export)
             return self._attend_padded(quad_q, lin_q, quad_k, lin_k, values)
-        T = values.shape[1]
+        B, T, _ = values.shape
         g = self.group_size
         kv = lin_k.transpose(1, 2) @ values / T  # (B, Q, E): one summary of the whole sequence
         out = lin_q @ kv  # (B, T, E)
         # Groups of g frames; the last one may be shorter. Zero padding (as theirs) would give zero keys and
-        # values, which add nothing: the short group is computed as it is, without padded copies.
+        # values, which add nothing: the short group is computed as it is, without padded copies. Dropout
+        # draws what it draws in the padded form (_attend_grouped): one (B, G, g, g) mask, cut to the short
+        # group, so that training takes the same random draws in either form.
+        keep = None
         full = T - T % g
         for lo, hi, size in ((0, full, g), (full, T, T - full)):
             if hi > lo:
                 q, k, v = (t[:, lo:hi].unflatten(1, (-1, size)) for t in (quad_q, quad_k, values))  # (B, G, size, C)
-                attn = self.attn_dropout(F.relu(q @ k.transpose(-1, -2) / g) ** 2)  # (B, G, size, size)
+                attn = F.relu(q @ k.transpose(-1, -2) / g) ** 2  # (B, G', size, size)
+                if self.attn_dropout.training and self.attn_dropout.p > 0:
+                    if keep is None:
+                        keep = self._dropout_keep((B, -(-T // g), g, g), attn)
+                    attn = attn * keep[:, lo // g: lo // g + attn.shape[1], :size, :size]
                 out[:, lo:hi] += (attn @ v).flatten(1, 2)  # (B, hi-lo, E)
         return out
+
+    def _dropout_keep(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """The kept-and-rescaled factors nn.Dropout multiplies a tensor of ``shape`` by, from the same random
+        draws (bernoulli(1 - p) / (1 - p), as torch's dropout on CPU)."""
+        p = self.attn_dropout.p
+        return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p).div_(1 - p)
 
     def _attend_padded(self, quad_q, lin_q, quad_k, lin_k, values):
         """attend() with the last group zero-padded to g frames (as theirs): the same values, and no branch on
