@@ -61,7 +61,7 @@ def test_band_matrices_cover_every_bin_once_and_interpolate_to_one():
     cfg = get_config("fullband-se-48k")
     edges = band_edges(cfg.upper_from_hz, cfg.sample_rate / 2, cfg.upper_bands)
     pool = band_pooling(edges, cfg.sample_rate, cfg.n_freqs)  # (F, K)
-    first = int(cfg.upper_from_hz / (cfg.sample_rate / 2) * (cfg.n_freqs - 1)) + 1
+    first = cfg.first_upper_bin + 1
     assert torch.equal(pool[first:].sum(1), torch.ones(cfg.n_freqs - first))  # each upper bin in one band
     assert pool[: first - 1].sum() == 0
     assert (pool.sum(0) > 0).all()  # no empty band

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from steadyvoice.data.config import DataConfig
 from steadyvoice.data.datasets import ExampleDataset, MixingDataset, PairDataset, SeparationDataset, ValidationSet
-from steadyvoice.data.lists import collect_paths, keep_wideband, read_pair_list, scan_files, scan_pairs
+from steadyvoice.data.lists import collect_paths, read_pair_list, scan_files, scan_pairs
 from steadyvoice.errors import DataError
 
 
@@ -75,11 +75,8 @@ def _separation_data(cfg: DataConfig, sample_rate: int, seed: int, valid_batch_s
 
 
 def _files(sources, role, cfg, sample_rate, min_seconds):
-    files = scan_files(collect_paths(sources, role), role=role, sample_rate=sample_rate, resample=cfg.resample,
-                       min_seconds=min_seconds, check_samples=cfg.scan_samples)
-    if cfg.min_bandwidth_hz and role in ("clean", "valid_clean"):
-        files = keep_wideband(files, cfg.min_bandwidth_hz, role)
-    return files
+    return scan_files(collect_paths(sources, role), role=role, sample_rate=sample_rate, resample=cfg.resample,
+                      min_seconds=min_seconds, check_samples=cfg.scan_samples)
 
 
 def _pairs(sources, cfg, sample_rate, min_seconds):

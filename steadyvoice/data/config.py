@@ -38,10 +38,6 @@ class DataConfig:
     reverb_early_ms: float = 50.0  # the target keeps the direct path and this many ms after it
 
     resample: Literal["soxr", "error"] = "soxr"  # files at another rate: resample with soxr, or refuse
-    # Clean (and valid_clean) files whose spectrum ends below this frequency are left out, measured at start
-    # (steadyvoice.data.lists.speech_bandwidth); 0 keeps all. For full-band models on mixed-band corpora: a
-    # clean target with nothing above 11 kHz teaches a full-band model to remove the speech there.
-    min_bandwidth_hz: float = 0.0
     scan_samples: bool = True  # read every file once at start to find silent/corrupt files (slow on huge corpora)
     max_retries: int = 5  # a bad file mid-run is skipped and another drawn, at most this many times per example
 
@@ -55,8 +51,6 @@ class DataConfig:
             raise ValueError("give either data.pairs or data.clean + data.noise, not both")
         if self.crop_seconds <= 0:
             raise ValueError(f"data.crop_seconds={self.crop_seconds}: must be positive")
-        if self.min_bandwidth_hz < 0:
-            raise ValueError(f"data.min_bandwidth_hz={self.min_bandwidth_hz}: must not be negative")
         if self.valid_seconds < 0:
             raise ValueError(f"data.valid_seconds={self.valid_seconds}: must be 0 (= crop) or positive")
         for name in ("snr_db", "gain_db", "reverb_rt60", "level_diff_db"):

@@ -190,49 +190,6 @@ def _probe_file(path: Path) -> tuple[AudioFile | None, str | bool]:
     return f, bool(np.abs(data).max() < SILENCE_PEAK)
 
 
-# speech_bandwidth: the top of the highest band within this many dB of the strongest band, in bands this wide.
-BANDWIDTH_FLOOR_DB = 50.0
-BANDWIDTH_BAND_HZ = 500.0
-
-
-def speech_bandwidth(data: np.ndarray, sample_rate: int) -> float:
-    """Where a clean recording's spectrum ends (Hz): the top edge of the highest BANDWIDTH_BAND_HZ band whose
-    mean power is within BANDWIDTH_FLOOR_DB of the strongest band's. data (N,) or (N, C).
-
-    A 44.1 kHz voice pack coded with Vorbis ends near 15-16 kHz, a TTS voice at 22.05 kHz near 11 kHz, an
-    8 kHz codec recording at 4 kHz: what the file says its rate is does not tell these apart."""
-    mono = data.mean(axis=1) if data.ndim == 2 else data
-    frame = 2 ** int(np.ceil(np.log2(sample_rate / 25)))  # about 40 ms
-    if mono.shape[0] < frame:
-        mono = np.pad(mono, (0, frame - mono.shape[0]))
-    frames = np.lib.stride_tricks.sliding_window_view(mono, frame)[:: frame // 2] * np.hanning(frame)
-    power = np.square(np.abs(np.fft.rfft(frames, axis=-1))).mean(axis=0)  # (frame/2 + 1,)
-    freqs = np.fft.rfftfreq(frame, 1.0 / sample_rate)
-    band = (freqs // BANDWIDTH_BAND_HZ).astype(int)
-    bands = np.bincount(band, weights=power) / np.maximum(np.bincount(band), 1)
-    strong = np.flatnonzero(bands >= bands.max() * 10 ** (-BANDWIDTH_FLOOR_DB / 10))
-    return float(min((strong[-1] + 1) * BANDWIDTH_BAND_HZ, sample_rate / 2))
-
-
-def keep_wideband(files: list[AudioFile], min_hz: float, role: str) -> list[AudioFile]:
-    """The files whose speech_bandwidth reaches ``min_hz`` (a warning lists the others); an error if none does.
-    Reads every file once."""
-    def measure(f: AudioFile) -> float:
-        data, rate = audio.read_audio(f.path)
-        return speech_bandwidth(data, rate)
-
-    widths = _parallel(files, measure)
-    kept = [f for f, w in zip(files, widths) if w >= min_hz]
-    if not kept:
-        raise DataError(f"none of the {len(files)} {role} files reaches {min_hz:g} Hz (widest: {max(widths):g} Hz); "
-                        f"lower data.min_bandwidth_hz or add recordings with a wider band")
-    if len(kept) < len(files):
-        narrow = [f"{f.path} (ends at {w:g} Hz)" for f, w in zip(files, widths) if w < min_hz]
-        log.warning("%s", _listing(f"{len(narrow)} of {len(files)} {role} files end below data.min_bandwidth_hz = "
-                                   f"{min_hz:g} Hz and are left out", narrow))
-    return kept
-
-
 def _check_rates(files: list[AudioFile], role: str, sample_rate: int, resample: ResamplePolicy) -> None:
     if resample == "soxr":
         return

@@ -56,7 +56,6 @@ class FullBandConfig:
     #                                 prior of every upper-band gain (see UpperBandGains)
 
     def __post_init__(self) -> None:
-        nyquist = self.sample_rate / 2
         if self.core.sample_rate >= self.sample_rate:
             raise ValueError(f"core.sample_rate ({self.core.sample_rate}) must be below sample_rate "
                              f"({self.sample_rate}): the upper band is what lies between them")
@@ -72,12 +71,15 @@ class FullBandConfig:
             raise ValueError(f"follow_from_hz={self.follow_from_hz} must lie in (0, upper_from_hz={self.upper_from_hz})")
         if not 0.0 <= self.min_gain < 1.0:
             raise ValueError(f"min_gain={self.min_gain} must be in [0, 1)")
-        if self.upper_from_hz * (1 + 1e-6) >= nyquist:
-            raise ValueError("upper_from_hz must be below the Nyquist frequency")
 
     @property
     def n_freqs(self) -> int:
         return self.win_length // 2 + 1
+
+    @property
+    def first_upper_bin(self) -> int:
+        """The STFT bin holding upper_from_hz: where the gains start."""
+        return math.floor(self.upper_from_hz / (self.sample_rate / 2) * (self.n_freqs - 1))
 
     @property
     def in_features(self) -> int:
@@ -159,11 +161,10 @@ class FullBandSE(nn.Module):
         nyquist_core = cfg.core.sample_rate / 2
         upper = band_edges(cfg.upper_from_hz, cfg.sample_rate / 2, cfg.upper_bands)
         low = band_edges(cfg.low_from_hz, nyquist_core, cfg.low_bands)
-        first_bin = math.floor(cfg.upper_from_hz / (cfg.sample_rate / 2) * (cfg.n_freqs - 1))
         # Fixed (computed, not learned) matrices: not saved with the weights.
         self.register_buffer("upper_pool", band_pooling(upper, cfg.sample_rate, cfg.n_freqs), persistent=False)
         self.register_buffer("low_pool", band_pooling(low, cfg.sample_rate, cfg.n_freqs), persistent=False)
-        self.register_buffer("spread", interpolation_matrix(upper, cfg.sample_rate, cfg.n_freqs, first_bin),
+        self.register_buffer("spread", interpolation_matrix(upper, cfg.sample_rate, cfg.n_freqs, cfg.first_upper_bin),
                              persistent=False)
         top = torch.tensor([cfg.follow_from_hz, cfg.upper_from_hz + 500.0], dtype=torch.float64)
         self.register_buffer("prior_pool", band_pooling(top, cfg.sample_rate, cfg.n_freqs), persistent=False)

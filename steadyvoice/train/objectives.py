@@ -195,14 +195,13 @@ class FullBandObjective:
         if loss.mag_weight == 0:
             raise ConfigError("loss.mag_weight is 0: the full-band model trains its upper band on it; set it > 0")
         self.cfg, self.loss = model_cfg, loss
-        self.first_bin = int(model_cfg.upper_from_hz / (model_cfg.sample_rate / 2) * (model_cfg.n_freqs - 1))
 
     def __call__(self, net, noisy, clean, *, autocast, want_wave=False) -> dict:
         from steadyvoice.pipelines.fullband_se import one_pass, stft, upper_part
 
         with autocast:
             result = one_pass(net, noisy, self.cfg)
-        band = slice(self.first_bin, None)
+        band = slice(self.cfg.first_upper_bin, None)
         noisy_band = result.upper_spec[:, band]  # (B, F', T)
         estimate = noisy_band * result.gains.transpose(1, 2)[:, band]
         target = stft(upper_part(clean, self.cfg), self.cfg)[:, band]
