@@ -17,15 +17,19 @@ the same input are timed:
                    every length for comparison)
 
 Families (``--families``). The model families on ONE core (torch.set_num_threads(1)), each through the
-class a user runs: the shipped default enhancement model (``default``: MossFormer2-SE 16 kHz, its trained
-weights; the baseline of the ratios), and the official-size networks FRCRN_SE_16K (``frcrn-se-16k``),
+class a user runs: the shipped default enhancement model (``default``: full band at 48 kHz, a 16 kHz
+MossFormer2-SE core and upper-band gains, its trained weights; the baseline of the ratios), the previous default
+(``default-v1``: that 16 kHz MossFormer2-SE alone), and the official-size networks FRCRN_SE_16K (``frcrn-se-16k``),
 MossFormerGAN_SE_16K (``mossformergan-se-16k``) through the Enhancer (one pass up to 20 s; MossFormerGAN up
 to 10 s, then 10 s windows) and MossFormer2_SS_16K (``mossformer2-ss-16k``, 2 talkers) through the Separator
 (one pass up to 2 s, then 4 s windows with a 3 s stride: 4 s takes 1 window, 10 s 3). At 4 s and 10 s by
 default: MossFormerGAN's attention is quadratic in the number of STFT frames (160 per second, the whole input
 in one pass up to 10 s), so its cost per second grows with the length; the two lengths show by how much.
 Reported per case: wall time, RTF, peak-RSS increase over the loaded model, parameters and weight size
-(float32 tensor bytes, what model.safetensors holds).
+(float32 tensor bytes, what model.safetensors holds). Every case also reports the FLOPs of one run (matrix
+products and convolutions, counted by ``torch.utils.flop_counter`` in an extra untimed run) over its CPU time, as
+a fraction of the float32 matmul throughput measured in the same process with the same threads (printed
+for the methods suite).
 
 Models have RANDOM weights (seeded; the shipped default model excepted): the cost of a forward pass does
 not depend on the values, so the timings hold for trained weights; the audio they produce is meaningless.
@@ -277,6 +281,12 @@ def _print_ratios(results: list[dict], methods: list[str]) -> None:
         mem = _ratio(r["peak_increase_mb"], b["peak_increase_mb"])
         print(f"  {r['config']:28s} {r['seconds']:6.0f} s  {r['method']:12s} time x{r['wall_s'] / b['wall_s']:.2f}  "
               f"memory x{mem:.2f}")
+    print("\nfraction of this CPU's float32 matmul throughput (measured in each case's process, same threads) that "
+          "each case achieves: FLOPs of matrix products and convolutions (torch.utils.flop_counter) / CPU time:")
+    for r in results:
+        print(f"  {r['config']:28s} {r['seconds']:6.0f} s  {r['method']:12s} {r['flops'] / 1e9:8.1f} GFLOP  "
+              f"{r['flops'] / r['cpu_s'] / 1e9:6.1f} GFLOP/s of {r['matmul_flops_per_s'] / 1e9:.1f}: "
+              f"{100 * r['matmul_fraction']:.0f} %")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,13 +315,40 @@ def run_case(config: str, seconds: float, method: str, repeat: int) -> dict:
         wall, cpu = min(wall, time.perf_counter() - start), min(cpu, time.process_time() - cpu_start)
         assert out.shape[-1] == wave.shape[-1] and np.isfinite(out).all()  # separation: (S, N)
     increase = _high_water_mb() - rss_before
-    return {"config": config, "architecture": type(cfg).__name__, "seconds": seconds, "method": method,
+    flops = _count_flops(run, wave)  # matrix products and convolutions of one run (elementwise work not counted)
+    matmul = _matmul_flops_per_second()
+    return {"flops": flops, "matmul_flops_per_s": matmul, "matmul_fraction": flops / cpu / matmul,
+            "config": config, "architecture": type(cfg).__name__, "seconds": seconds, "method": method,
             "wall_s": wall, "cpu_s": cpu, "load_s": load_s, "rss_loaded_mb": rss_loaded,
             "rtf": wall / seconds, "peak_rss_mb": _peak_rss_mb(), "peak_increase_mb": increase,
             "threads": torch.get_num_threads(), "repeat": repeat, "load_average": os.getloadavg()[0],
             "parameters": count_parameters(model),
             "weights_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20,
             "weights": weights, "windows": runner.window_count(len(wave), cfg.sample_rate) if runner else None}
+
+
+def _count_flops(run, wave) -> float:
+    """FLOPs of one untimed run, as torch.utils.flop_counter counts them (matrix products, convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run(wave)
+    return float(counter.get_total_flops())
+
+
+def _matmul_flops_per_second(n: int = 2048, runs: int = 5) -> float:
+    """What this CPU does at float32 matrix products with this process's threads: the best of ``runs``
+    (n x n) @ (n x n) products, 2 n^3 FLOPs each, timed in CPU seconds like the case itself."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(runs):
+        start = time.process_time()
+        a @ b
+        best = min(best, time.process_time() - start)
+    return 2 * n**3 / best
 
 
 def _load(config: str):
