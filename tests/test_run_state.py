@@ -216,3 +216,27 @@ def test_a_checkpoint_whose_schedule_contradicts_its_lr_falls_back(corpus, tmp_p
     assert len(restored.skipped) == 1 and str(newest) in restored.skipped[0]
     assert "param group 0 of 'optimizer' has lr=" in restored.skipped[0] and "its parts disagree" in restored.skipped[0]
     assert f"checkpoint {newest} is not usable, trying an older one" in caplog.text
+
+
+def test_sigkill_of_a_gan_trainer_leaves_no_pesq_worker(corpus, tmp_path):
+    """The metric discriminator's PESQ pool dies with its trainer (before: its workers waited forever)."""
+    from faultinject import REPO
+
+    run_dir = tmp_path / "gan-run"
+    sets = overrides(corpus, 10_000, ["gan.pesq_workers=2", "train.validate_every=0", "data.crop_seconds=0.5"])
+    proc = subprocess.Popen(train_command(run_dir, sets, recipe=REPO / "recipes" / "mossformergan-tiny-cpu.yaml"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        log = run_dir / "log.jsonl"
+        _wait_for(lambda: log.exists() and '"d_loss"' in log.read_text(), proc)  # the pool has run
+        assert len([p for p in _processes_mentioning(str(run_dir)) if p != proc.pid]) == 2  # its two workers
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _processes_mentioning(str(run_dir)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_mentioning(str(run_dir)) == []
+    finally:
+        for pid in _processes_mentioning(str(run_dir)):
+            os.kill(pid, signal.SIGKILL)

@@ -95,7 +95,9 @@ class MetricGAN:
         est = gan["est_wave"].detach().cpu().numpy()
         if self.cfg.pesq_workers:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.cfg.pesq_workers)
+                from steadyvoice.train.loop import quiet_child
+
+                self._pool = ProcessPoolExecutor(self.cfg.pesq_workers, initializer=quiet_child)
             targets: list = [self._pool.submit(pesq_target, c, e, self.sample_rate) for c, e in zip(clean, est)]
         else:
             targets = [pesq_target(c, e, self.sample_rate) for c, e in zip(clean, est)]

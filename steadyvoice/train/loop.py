@@ -141,16 +141,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _quiet_worker(_worker_id: int) -> None:
-    """DataLoader workers leave stop signals to the main process, which finishes its step and saves.
+def quiet_child() -> None:
+    """In a helper process of the trainer (DataLoader workers, the GAN's PESQ pool): leave stop signals to the
+    main process, which finishes its step and saves, and die with it.
 
-    torchrun signals the whole process group, workers included. The trainer shuts its workers down itself
-    (Trainer._train drops the iterator on every exit path); a worker whose main process dies exits on
-    its own: the kernel kills it with its trainer (die_with_parent).
+    torchrun signals the whole process group, helpers included. The trainer shuts its helpers down itself
+    (Trainer._train drops the data iterator on every exit path, the GAN closes its pool); a helper whose main
+    process dies exits on its own: the kernel kills it with its trainer (die_with_parent). Without that, a
+    trainer killed with SIGKILL left its PESQ workers waiting forever on the pool's queue (each holds the
+    queue's write end open for the others, so none ever reads end-of-file).
     """
     for name in STOP_SIGNALS:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
-    die_with_parent()  # ...and die with it (a trainer killed with SIGKILL saves nothing to wait for)
+    die_with_parent()
+
+
+def _quiet_worker(_worker_id: int) -> None:
+    quiet_child()
 
 
 class _InMemoryBest:
