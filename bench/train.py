@@ -8,6 +8,7 @@ not counted. Ratios are against the 1-process run of the same network, measured 
     python bench/train.py --skip-official      # the tiny recipes only
     python bench/train.py --families tiny-cpu  # MossFormer2-SE only (~1 min)
     python bench/train.py --quick              # the floor ratio only: tiny-cpu and a 4-block official network (~2 min)
+    python bench/train.py --families tiny-cpu --official-steps 8 --repeat 2   # the official 'vs floor', twice
 
 Families: the tiny recipe of each (16 kHz, 1 s crops, the recipe's batch per process; steps per family, see
 TINY): tiny-cpu (MossFormer2-SE, 4), frcrn-tiny-cpu (FRCRN, 4), mossformergan-tiny-cpu (MossFormerGAN generator
@@ -20,7 +21,7 @@ processes and threads, measured in the same invocation.
 The plain-PyTorch floor ('vs floor', MossFormer2-SE runs of one process): a minimal hand-written loop, timed in
 the same invocation with the same threads: the same recipe's model (built from the same seed), batch, crop and
 loss (the PSM MSE of steadyvoice.train.losses.psm_mse on features.one_pass), torch.optim.Adam (AdamW) with the
-recipe's settings and clip_grad_norm_ at its max_grad_norm, on random audio, with the model's textbook
+recipe's settings (torch's default implementation: the for-loop one on CPU) and clip_grad_norm_ at its max_grad_norm, on random audio, with the model's textbook
 formulations (mossformer2.textbook_ops: a depthwise nn.Conv1d plus the residual, attention over zero-padded
 groups). 'vs floor' = `steadyvoice train` seconds per step / floor seconds per step (below 1: faster).
 
