@@ -106,7 +106,7 @@ def test_unknown_name_lists_the_known_ones(tmp_path, capsys, se_pt):
     code, _, err = run(capsys, "enhance", noisy, "-o", tmp_path / "out", "--model", "mossformer2-se-48")
     assert code == 2 and len(errors(err)) == 1
     assert "mossformer2-se-48: no such model directory or model name; known enhancement models (`steadyvoice " \
-           "models`): default (enhancement, shipped); default-v1 (enhancement, shipped);" in err  # the shipped separation model is not listed here
+           "models`): default (enhancement, shipped), default-v1 (enhancement, shipped);" in err  # the shipped separation model is not listed here
     assert "convert clearervoice SRC --name NAME" in err  # and how to add one
     assert not list((tmp_path / "out").iterdir())
 
