@@ -112,7 +112,7 @@ def test_unknown_name_lists_the_known_ones(tmp_path, capsys, se_pt):
 
     assert run(capsys, "convert", "clearervoice", se_pt, "--name", "mine")[0] == 0
     code, _, err = run(capsys, "enhance", noisy, "-o", tmp_path / "out", "--model", "mossformer2-se-48")
-    assert code == 2 and "default (enhancement, shipped), mine (enhancement, user)" in err
+    assert code == 2 and "default (enhancement, shipped), default-v1 (enhancement, shipped), mine (enhancement, user)" in err
     # a registry config name without weights says how to give it weights under that name
     code, _, err = run(capsys, "enhance", noisy, "-o", tmp_path / "out", "--model", "frcrn-se-16k")
     assert code == 2 and "is a network configuration without trained weights" in err
