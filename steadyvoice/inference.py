@@ -78,8 +78,9 @@ MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 384000
 MAX_CHANNELS = 32
 
-# Name of the weights shipped with the package (steadyvoice/weights/<name>/): the default model, a 16 kHz
-# MossFormer2-SE trained by SteadyVoice with recipes/default-16k.yaml.
+# Name of the weights shipped with the package (steadyvoice/weights/<name>/): the default model, full band at
+# 48 kHz (a 16 kHz MossFormer2-SE core and upper-band gains, recipes/default-v2.yaml); the previous default, the
+# 16 kHz core alone, is "default-v1".
 DEFAULT_MODEL = "default"
 WEIGHTS_DIR = catalog.SHIPPED_DIR  # where shipped models live; names are looked up by steadyvoice.catalog
 

@@ -58,7 +58,8 @@ def register(subparsers) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="NAME",
                         help="name of a shipped or installed model, as steadyvoice models lists them "
-                             "(default: 'default', SteadyVoice's 16 kHz model)")
+                             "(default: 'default', SteadyVoice's full-band model; 'default-v1': the 16 kHz one "
+                             "before it)")
     source.add_argument(
         "--checkpoint",
         metavar="DIR",
