@@ -28,6 +28,19 @@ def corpus(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("data"))
 
 
+def _none_left(run_dir: Path, within: float) -> list[int]:
+    """The processes still mentioning ``run_dir`` after waiting up to ``within`` seconds for them to go."""
+    deadline = time.monotonic() + within
+    while _processes_mentioning(str(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _processes_mentioning(str(run_dir))
+
+
+def _kill_left(run_dir: Path) -> None:
+    for pid in _processes_mentioning(str(run_dir)):
+        os.kill(pid, signal.SIGKILL)
+
+
 def _wait_for(predicate, proc: subprocess.Popen | None = None, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -160,13 +173,9 @@ def test_sigkill_of_the_torchrun_group_leaves_no_worker(corpus, tmp_path):
         assert len(workers) >= 2  # two trainers (plus their DataLoader workers), in sessions of their own
         os.killpg(group.pid, signal.SIGKILL)
         group.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while _processes_mentioning(str(run_dir)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _processes_mentioning(str(run_dir)) == []
+        assert _none_left(run_dir, within=10) == []
     finally:
-        for pid in _processes_mentioning(str(run_dir)):
-            os.kill(pid, signal.SIGKILL)
+        _kill_left(run_dir)
     # The directory is free again: a rerun resumes from the last committed checkpoint.
     rerun = subprocess.run(train_command(run_dir, overrides(corpus, 1)) + ["--set", "train.max_steps=1"],
                            capture_output=True, text=True, timeout=300)
@@ -182,14 +191,30 @@ def test_dataloader_workers_die_with_a_killed_trainer(corpus, tmp_path):
         assert len(_processes_mentioning(str(run_dir))) >= 3  # the trainer and its two DataLoader workers
         proc.kill()
         _, stderr = proc.communicate(timeout=30)
-        deadline = time.monotonic() + 3
-        while _processes_mentioning(str(run_dir)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _processes_mentioning(str(run_dir)) == []
+        assert _none_left(run_dir, within=3) == []
         assert "Traceback" not in stderr, stderr
     finally:
-        for pid in _processes_mentioning(str(run_dir)):
-            os.kill(pid, signal.SIGKILL)
+        _kill_left(run_dir)
+
+
+def test_sigkill_of_a_gan_trainer_leaves_no_pesq_worker(corpus, tmp_path):
+    """The metric discriminator's PESQ pool dies with its trainer (before: its workers waited forever)."""
+    from faultinject import REPO
+
+    run_dir = tmp_path / "gan-run"
+    sets = overrides(corpus, 10_000, ["gan.pesq_workers=2", "train.validate_every=0", "data.crop_seconds=0.5"])
+    proc = subprocess.Popen(train_command(run_dir, sets, recipe=REPO / "recipes" / "mossformergan-tiny-cpu.yaml"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        log = run_dir / "log.jsonl"
+        _wait_for(lambda: log.exists() and '"d_loss"' in log.read_text(), proc)  # the pool has run
+        assert len([p for p in _processes_mentioning(str(run_dir)) if p != proc.pid]) == 2  # its two workers
+        proc.kill()
+        proc.wait(timeout=30)
+        assert _none_left(run_dir, within=10) == []
+    finally:
+        _kill_left(run_dir)
 
 
 # ------------------------------------------------------------------------------------------ post-load checks
@@ -217,26 +242,3 @@ def test_a_checkpoint_whose_schedule_contradicts_its_lr_falls_back(corpus, tmp_p
     assert "param group 0 of 'optimizer' has lr=" in restored.skipped[0] and "its parts disagree" in restored.skipped[0]
     assert f"checkpoint {newest} is not usable, trying an older one" in caplog.text
 
-
-def test_sigkill_of_a_gan_trainer_leaves_no_pesq_worker(corpus, tmp_path):
-    """The metric discriminator's PESQ pool dies with its trainer (before: its workers waited forever)."""
-    from faultinject import REPO
-
-    run_dir = tmp_path / "gan-run"
-    sets = overrides(corpus, 10_000, ["gan.pesq_workers=2", "train.validate_every=0", "data.crop_seconds=0.5"])
-    proc = subprocess.Popen(train_command(run_dir, sets, recipe=REPO / "recipes" / "mossformergan-tiny-cpu.yaml"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        log = run_dir / "log.jsonl"
-        _wait_for(lambda: log.exists() and '"d_loss"' in log.read_text(), proc)  # the pool has run
-        assert len([p for p in _processes_mentioning(str(run_dir)) if p != proc.pid]) == 2  # its two workers
-        proc.kill()
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while _processes_mentioning(str(run_dir)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _processes_mentioning(str(run_dir)) == []
-    finally:
-        for pid in _processes_mentioning(str(run_dir)):
-            os.kill(pid, signal.SIGKILL)
