@@ -112,6 +112,15 @@ def find(name: str) -> ModelEntry | None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def path_or_name(text: str | Path, *, how_to: str = "") -> Path:
+    """``text`` as a path when it exists or has a directory part (``runs/x/best`` names a checkpoint of a run
+    without existing as such); otherwise a model's name, looked up (ModelError when unknown)."""
+    path = Path(text)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    return lookup(str(text), how_to=how_to)
+
+
 def lookup(name: str, *, task: str | None = None, how_to: str = "") -> Path:
     """The model directory called ``name``, or a ModelError listing the known names (of ``task``, if given).
 

@@ -215,3 +215,15 @@ def test_damaged_weights_are_listed_as_unusable(capsys, se_pt, steadyvoice_home)
     code, out, err = run(capsys, "models", "--json")
     (info,) = [m for m in json.loads(out)["models"] if m["name"] == "cut"]
     assert code == 0 and info["parameters"] is None and "unreadable or damaged weights file" in info["problem"]
+
+
+def test_path_or_name_takes_paths_as_they_are_and_looks_up_bare_names(tmp_path, monkeypatch):
+    from steadyvoice.errors import ModelError
+
+    monkeypatch.chdir(tmp_path)
+    assert catalog.path_or_name("default-v1") == catalog.SHIPPED_DIR / "default-v1"
+    (tmp_path / "default-v1").mkdir()  # a directory of that name here wins over the model's name
+    assert catalog.path_or_name("default-v1") == Path("default-v1")
+    assert catalog.path_or_name("runs/x/best") == Path("runs/x/best")  # a path, existing or not
+    with pytest.raises(ModelError, match="no-such-model: no such model directory or model name"):
+        catalog.path_or_name("no-such-model", how_to="pass a directory")

@@ -96,11 +96,11 @@ def run(args) -> int:
     check_gan_section(cfg.model.resolve(), cfg.loss, cfg.gan)
     if args.init_from is not None and args.resume_from is not None:
         raise SteadyVoiceError("--init-from starts a new run from weights; it cannot be combined with --resume-from")
-    init_path = args.init_from
-    if init_path is not None and not init_path.exists() and len(init_path.parts) == 1:  # a model's name
+    init_path = None
+    if args.init_from is not None:  # a checkpoint, run or model directory, or a model's name
         from steadyvoice import catalog
 
-        init_path = catalog.lookup(str(init_path), how_to="pass a checkpoint, run or model directory")
+        init_path = catalog.path_or_name(args.init_from, how_to="pass a checkpoint, run or model directory")
     try:
         from steadyvoice.checkpoint import Checkpointer, load_weights
     except ImportError as exc:

@@ -160,6 +160,35 @@ def _quiet_worker(_worker_id: int) -> None:
     quiet_child()
 
 
+def init_and_freeze_parts(model: torch.nn.Module, init_parts: dict[str, str], freeze: list[str]) -> dict[str, str]:
+    """``model.init_parts`` and ``model.freeze`` of the config: load each named submodule's weights from an
+    exported model (strictly), then stop the listed submodules from training. Returns part -> model dir."""
+    from steadyvoice import catalog
+    from steadyvoice.checkpoint import load_weights
+
+    def part(name: str, key: str) -> torch.nn.Module:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            children = ", ".join(n for n, _ in model.named_children())
+            raise ConfigError(f"{key}: the model has no part {name!r} (its parts: {children})") from None
+
+    sources = {}
+    for name, source in init_parts.items():
+        module = part(name, f"model.init_parts.{name}")
+        try:
+            path = catalog.path_or_name(source, how_to="pass a model directory")
+            load_weights(module, path)
+        except SteadyVoiceError as exc:
+            raise ConfigError(f"model.init_parts.{name}: {exc}") from None
+        sources[name] = str(path)
+    for name in freeze:
+        part(name, "model.freeze").requires_grad_(False)
+    if freeze and not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model.freeze: {', '.join(freeze)} leaves nothing to train")
+    return sources
+
+
 class _InMemoryBest:
     """Best model weights and optimizer moments kept in memory (used when there is no Checkpointer)."""
 
@@ -617,31 +646,3 @@ def _by_snr(table: np.ndarray, edges: list[float]) -> dict:
 
 __all__ = ["Checkpointer", "DataState", "Progress", "ScalerState", "Trainer", "seed_everything", "training_data"]
 
-
-def init_and_freeze_parts(model: torch.nn.Module, init_parts: dict[str, str], freeze: list[str]) -> dict[str, str]:
-    """``model.init_parts`` and ``model.freeze`` of the config: load each named submodule's weights from an
-    exported model (strictly), then stop the listed submodules from training. Returns part -> model dir."""
-    from steadyvoice import catalog
-    from steadyvoice.checkpoint import load_weights
-
-    def part(name: str, key: str) -> torch.nn.Module:
-        try:
-            return model.get_submodule(name)
-        except AttributeError:
-            children = ", ".join(n for n, _ in model.named_children())
-            raise ConfigError(f"{key}: the model has no part {name!r} (its parts: {children})") from None
-
-    sources = {}
-    for name, source in init_parts.items():
-        module = part(name, f"model.init_parts.{name}")
-        path = Path(source) if Path(source).is_dir() else catalog.lookup(source, how_to="pass a model directory")
-        try:
-            load_weights(module, path)
-        except SteadyVoiceError as exc:
-            raise ConfigError(f"model.init_parts.{name}: {exc}") from None
-        sources[name] = str(path)
-    for name in freeze:
-        part(name, "model.freeze").requires_grad_(False)
-    if freeze and not any(p.requires_grad for p in model.parameters()):
-        raise ConfigError(f"model.freeze: {', '.join(freeze)} leaves nothing to train")
-    return sources
