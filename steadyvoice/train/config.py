@@ -68,6 +68,10 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0  # applied to weight matrices only; biases and norm gains use 0
     max_grad_norm: float = 10.0  # gradient clipping; 0 = off
+    # torch's fused Adam/AdamW kernel where it has one (CPU, CUDA): the for-loop update to float rounding, 3x
+    # faster on CPU. false: the for-loop implementation (earlier releases' arithmetic to the bit). The choice is
+    # saved with the optimizer's state: a resumed run keeps the one it started with.
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if self.lr <= 0:

@@ -52,9 +52,6 @@ from steadyvoice.train.schedule import EarlyStopping, LRSchedule
 
 log = logging.getLogger("steadyvoice")
 
-# False: new runs use the for-loop Adam/AdamW of earlier releases (their arithmetic to the bit); see _build_optimizer.
-FUSED_OPTIMIZER = True
-
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
 
@@ -307,10 +304,9 @@ class Trainer:
         o = self.config.optim
         groups, self._param_names = decay_groups(self.model, o.weight_decay)
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-        # torch's fused kernel where it has one: the for-loop implementation's update to float rounding in one
-        # pass per parameter (3x faster on CPU). The choice is a hyperparameter of the optimizer's state, so a
-        # run resumes with the implementation it started with (runs from before it keep the for-loop).
-        fused = FUSED_OPTIMIZER and self.device.type in ("cpu", "cuda")
+        # optim.fused: the choice is a hyperparameter of the optimizer's state, so a run resumes with the
+        # implementation it started with (runs from before the option keep the for-loop).
+        fused = o.fused and self.device.type in ("cpu", "cuda")
         return cls(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **({"fused": True} if fused else {"foreach": False}))
 
     def _params(self) -> list[torch.nn.Parameter]:
