@@ -15,6 +15,9 @@ the same input are timed:
 * ``official-4s``  baseline: the official ClearerVoice long-input strategy, 4 s windows with a 3 s stride,
                    0.5 s dropped at each inner edge, hard cuts (used by them only above 20 s; run here at
                    every length for comparison)
+* ``enhancer-bf16`` the Enhancer with ``precision="bfloat16"`` (the network's matrix products in bfloat16);
+                   the case also reports how far below the float32 Enhancer's output their difference lies
+                   (``diff dB``; bench/precision.py measures it with trained weights on real test files)
 
 Families (``--families``). The model families on ONE core (torch.set_num_threads(1)), each through the
 class a user runs: the shipped default enhancement model (``default``: full band at 48 kHz, a 16 kHz
@@ -71,7 +74,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("enhancer", "one-pass", "official-4s")
+METHODS = ("enhancer", "one-pass", "official-4s", "enhancer-bf16")
 CLEARERVOICE = "clearervoice"  # their network, with --clearervoice PATH
 _CLEARERVOICE_PATH: str | None = None
 BASELINE = "one-pass"
@@ -239,7 +242,9 @@ def _run_and_print(config: str, seconds: float, method: str, threads: int, repea
     print(f"  {config:28s} {seconds:6.0f} s  {method:12s} "
           f"{result['wall_s']:7.2f} s (cpu {result['cpu_s']:.2f} s)  RTF {result['rtf']:.3f}  peak RSS {result['peak_rss_mb']:7.0f} MB "
           f"(+{result['peak_increase_mb']:.0f} MB over the loaded model)  {result['parameters'] / 1e6:.2f} M params  "
-          f"{result['weights_mb']:.1f} MB weights  {result['windows'] or '-'} window(s)", flush=True)
+          f"{result['weights_mb']:.1f} MB weights  {result['windows'] or '-'} window(s)"
+          + (f"  diff {result['diff_db']:.1f} dB below float32" if result.get("diff_db") is not None else ""),
+          flush=True)
     return result
 
 
@@ -270,17 +275,24 @@ def _run_worker(config: str, seconds: float, method: str, threads: int, repeat: 
 
 
 def _print_ratios(results: list[dict], methods: list[str]) -> None:
-    if BASELINE not in methods:
-        return
-    print(f"\nratios against the {BASELINE} baseline measured above (time, peak-RSS increase):")
-    base = {(r["config"], r["seconds"]): r for r in results if r["method"] == BASELINE}
-    for r in results:
-        b = base.get((r["config"], r["seconds"]))
-        if r["method"] == BASELINE or b is None:
-            continue
-        mem = _ratio(r["peak_increase_mb"], b["peak_increase_mb"])
-        print(f"  {r['config']:28s} {r['seconds']:6.0f} s  {r['method']:12s} time x{r['wall_s'] / b['wall_s']:.2f}  "
-              f"memory x{mem:.2f}")
+    if BASELINE in methods:
+        print(f"\nratios against the {BASELINE} baseline measured above (time, peak-RSS increase):")
+        base = {(r["config"], r["seconds"]): r for r in results if r["method"] == BASELINE}
+        for r in results:
+            b = base.get((r["config"], r["seconds"]))
+            if r["method"] == BASELINE or b is None:
+                continue
+            mem = _ratio(r["peak_increase_mb"], b["peak_increase_mb"])
+            print(f"  {r['config']:28s} {r['seconds']:6.0f} s  {r['method']:12s} time x{r['wall_s'] / b['wall_s']:.2f}  "
+                  f"memory x{mem:.2f}")
+    if CLEARERVOICE in methods:
+        print(f"\nratios against {CLEARERVOICE} (their network, float32) measured above: time (wall, CPU)")
+        theirs = {(r["config"], r["seconds"]): r for r in results if r["method"] == CLEARERVOICE}
+        for r in results:
+            t = theirs.get((r["config"], r["seconds"]))
+            if r["method"] != CLEARERVOICE and t is not None:
+                print(f"  {r['config']:28s} {r['seconds']:6.0f} s  {r['method']:14s} wall x{r['wall_s'] / t['wall_s']:.2f}  "
+                      f"cpu x{r['cpu_s'] / t['cpu_s']:.2f}")
     print("\nfraction of this CPU's float32 matmul throughput (measured in each case's process, same threads) that "
           "each case achieves: FLOPs of matrix products and convolutions (torch.utils.flop_counter) / CPU time:")
     for r in results:
@@ -315,9 +327,13 @@ def run_case(config: str, seconds: float, method: str, repeat: int) -> dict:
         wall, cpu = min(wall, time.perf_counter() - start), min(cpu, time.process_time() - cpu_start)
         assert out.shape[-1] == wave.shape[-1] and np.isfinite(out).all()  # separation: (S, N)
     increase = _high_water_mb() - rss_before
+    diff_db = None
+    if method == "enhancer-bf16":  # how far below the float32 output the difference lies (untimed)
+        reference = _method("enhancer", model, cfg)[0](wave).astype(np.float64)
+        diff_db = float(10 * np.log10(np.sum(reference**2) / max(np.sum((out - reference) ** 2), 1e-30)))
     flops = _count_flops(run, wave)  # matrix products and convolutions of one run (elementwise work not counted)
     matmul = _matmul_flops_per_second()
-    return {"flops": flops, "matmul_flops_per_s": matmul, "matmul_fraction": flops / cpu / matmul,
+    return {"flops": flops, "matmul_flops_per_s": matmul, "matmul_fraction": flops / cpu / matmul, "diff_db": diff_db,
             "config": config, "architecture": type(cfg).__name__, "seconds": seconds, "method": method,
             "wall_s": wall, "cpu_s": cpu, "load_s": load_s, "rss_loaded_mb": rss_loaded,
             "rtf": wall / seconds, "peak_rss_mb": _peak_rss_mb(), "peak_increase_mb": increase,
@@ -402,6 +418,9 @@ def _method(method: str, model, cfg):
 
     if method == "enhancer":
         runner = (Separator if architecture_of(cfg).task == "separation" else Enhancer)(model, cfg)
+        return (lambda wave: runner(wave, cfg.sample_rate)), runner
+    if method == "enhancer-bf16":
+        runner = Enhancer(model, cfg, precision="bfloat16")
         return (lambda wave: runner(wave, cfg.sample_rate)), runner
     if architecture_of(cfg).task != "enhancement":
         raise SystemExit(f"method {method} is for enhancement models; use --methods enhancer for {type(cfg).__name__}")

@@ -195,14 +195,15 @@ def one_pass(model: torch.nn.Module, wave: torch.Tensor, cfg: MossFormer2SEConfi
     return OnePass(mask, spec, enhanced)
 
 
-def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor,
-                     cfg: MossFormer2SEConfig | None = None) -> torch.Tensor:
-    """wave (B, N) -> enhanced (B, N): :func:`one_pass`, cut back to the input's N samples.
+def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: MossFormer2SEConfig | None = None, *,
+                     autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """wave (B, N) -> enhanced (B, N): :func:`one_pass` (``autocast`` around the network only), cut back to
+    the input's N samples.
 
     Padding to whole frames means every input sample is reconstructed. ClearerVoice does not pad, which
     leaves the last (N - win_length) % hop_length samples at zero; for frame-aligned lengths both are the same.
     """
-    return one_pass(model, wave, cfg).enhanced[:, : wave.shape[-1]]
+    return one_pass(model, wave, cfg, autocast=autocast).enhanced[:, : wave.shape[-1]]
 
 
 def _check_wave(wave: torch.Tensor) -> None:

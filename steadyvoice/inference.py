@@ -36,6 +36,15 @@ The official decoder instead uses 4 s windows with a 3 s stride and cuts hard af
 each edge; a hard cut between two different estimates leaves a step (a click) at every join.
 
 Inference is deterministic: eval mode, ``torch.no_grad``, no dither, channels and windows in a fixed order.
+
+Precision (``precision``): ``float32`` (the default) computes what the reference vectors check. ``bfloat16``
+runs the network's matrix products and convolutions in bfloat16 (``torch.autocast`` around the network only:
+features, STFT, masks and iSTFT stay float32). On a CPU with native bfloat16 (AVX512-BF16 or AMX) its matrix
+products run at about twice the float32 rate (the official-size MossFormer2_SE_48K: 0.49x float32's time,
+bench/enhance.py method enhancer-bf16); elsewhere it is slower than float32, and the small shipped models gain
+nothing. The output is not the reference output: its difference from the float32 output lies 40-59 dB below
+the signal on the shipped models' test files (bench/precision.py; PESQ, STOI and SI-SDR unchanged to 0.002)
+and 39 dB for the official-size network with random weights; tests/test_precision.py bounds it.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ __all__ = [
     "overlap_add",
     "overlap_add_blocks",
     "DEFAULT_MODEL",
+    "PRECISIONS",
     "WEIGHTS_DIR",
 ]
 
@@ -90,6 +100,9 @@ WEIGHTS_DIR = catalog.SHIPPED_DIR  # where shipped models live; names are looked
 LONG_INPUT: dict[str, dict[str, float]] = {
     "mossformergan-se": {"one_pass_max_seconds": 10.0, "window_seconds": 10.0},
 }
+
+# Precision words (see the module docstring) -> the dtype autocast runs the network in (None: no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 
 # Called after each window as progress(done, total); total counts the windows of all channels.
 ProgressCallback = Callable[[int, int], None]
@@ -350,6 +363,13 @@ def progress_steps(progress: ProgressCallback | None, total: int) -> Callable[[]
 # ---------------------------------------------------------------------------------------------------
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of PRECISIONS, else a ConfigError listing them."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 def _model_dir_for(name_or_dir: str | Path) -> Path:
     """The model directory that ``name_or_dir`` names, or a ModelError saying what to pass instead."""
     path = Path(name_or_dir)
@@ -413,10 +433,12 @@ class Enhancer:
         window_seconds: float | None = None,
         margin_seconds: float = MARGIN_SECONDS,
         crossfade_seconds: float = CROSSFADE_SECONDS,
+        precision: str = "float32",
     ):
         from steadyvoice.models import architecture_of
         from steadyvoice.pipelines import one_pass
 
+        self.precision = check_precision(precision)
         if architecture_of(cfg).task != "enhancement":
             raise ModelError(f"{architecture_of(cfg).name} is a {architecture_of(cfg).task} model, not an enhancement "
                              "model; use steadyvoice.Separator (steadyvoice separate) for it")
@@ -451,13 +473,19 @@ class Enhancer:
 
         ``backend``: ``"torch"`` (the default: measured as fast or faster, bench/onnx_backend.py) or ``"onnx"``: each
         pass runs the model's ONNX graph in onnxruntime on the CPU (the ``onnx`` extra), exported on first use
-        (where it is kept: steadyvoice.onnx_export); ``on_export(message)`` hears before such an export."""
+        (where it is kept: steadyvoice.onnx_export); ``on_export(message)`` hears before such an export.
+
+        ``options`` go to the constructor: window lengths and ``precision`` (``"float32"``, the default, or
+        ``"bfloat16"``: see the module docstring; the torch backend only)."""
         from steadyvoice.models import load_pretrained
         from steadyvoice.onnx_export import check_backend
 
         model_dir = _model_dir_for(name_or_dir)
         resolved = resolve_device(device)
         check_backend(backend, resolved)
+        if backend == "onnx" and check_precision(options.get("precision", "float32")) != "float32":
+            raise ConfigError("the onnx backend runs the float32 graph; use precision float32 with it, or "
+                              "precision bfloat16 with the torch backend")
         model, cfg = load_pretrained(model_dir, resolved)
         enhancer = cls(model, cfg, resolved, **options)
         if backend == "onnx":  # the same windows and resampling around it; only the pass itself changes
@@ -520,7 +548,11 @@ class Enhancer:
     def _one_pass(self, wave: np.ndarray) -> np.ndarray:
         """One model pass over (M,) samples at the model's rate -> (M,)."""
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(self.device)[None]  # (1, M)
-        y = self._pass(self.model, x, self.cfg)  # (1, M)
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            y = self._pass(self.model, x, self.cfg)  # (1, M)
+        else:
+            y = self._pass(self.model, x, self.cfg, autocast=torch.autocast(self.device.type, dtype=dtype))
         return y[0].float().cpu().numpy()
 
     # -- files ----------------------------------------------------------------------------------------

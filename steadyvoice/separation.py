@@ -42,9 +42,9 @@ from steadyvoice import audio as audio_io
 from steadyvoice.errors import AudioError, ModelError
 from steadyvoice import catalog
 from steadyvoice.devices import resolve_device
-from steadyvoice.inference import (MAX_CHANNELS, ProgressCallback, _as_frames_by_channels, _check_model_dir,
-                                   _check_sample_rate, _model_dir_for, crossfade_weights, pass_count, plan_windows,
-                                   progress_steps)
+from steadyvoice.inference import (MAX_CHANNELS, PRECISIONS, ProgressCallback, _as_frames_by_channels,
+                                   _check_model_dir, _check_sample_rate, _model_dir_for, check_precision,
+                                   crossfade_weights, pass_count, plan_windows, progress_steps)
 
 __all__ = ["Separator", "best_permutation", "talker_paths", "DEFAULT_SEPARATION_MODEL"]
 
@@ -101,6 +101,8 @@ class Separator:
     ``speakers``: the number of talkers expected; a model that separates another number is refused.
     ``levels``: "input" (each talker at the RMS of the mixture) or "clearvoice" (their decoder's levels,
     see :mod:`steadyvoice.pipelines.mossformer2_ss`).
+    ``precision``: "float32" (the default) or "bfloat16", as for :class:`steadyvoice.Enhancer` (the network's
+    matrix products in bfloat16; see :mod:`steadyvoice.inference`).
     """
 
     def __init__(
@@ -115,10 +117,12 @@ class Separator:
         window_seconds: float = WINDOW_SECONDS,
         margin_seconds: float = MARGIN_SECONDS,
         crossfade_seconds: float = CROSSFADE_SECONDS,
+        precision: str = "float32",
     ):
         from steadyvoice.models import architecture_of
         from steadyvoice.pipelines import one_pass
 
+        self.precision = check_precision(precision)
         arch = architecture_of(cfg)
         if arch.task != "separation":
             raise ModelError(f"{arch.name} is an {arch.task} model, not a separation model; use steadyvoice.Enhancer "
@@ -181,7 +185,10 @@ class Separator:
         """(M, C) at the model's rate -> (S, M, C). Levels are set over the whole signal; the network runs
         on the device, one channel and one window at a time."""
         x = torch.from_numpy(np.ascontiguousarray(wave.T, dtype=np.float32))[None]  # (1, C, M)
-        out = self._pass(self.model, x, self.cfg, decode=self._decoder(step), levels=self.levels)  # (1, S, C, M)
+        dtype = PRECISIONS[self.precision]
+        autocast = None if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+        out = self._pass(self.model, x, self.cfg, decode=self._decoder(step), levels=self.levels,
+                         autocast=autocast)  # (1, S, C, M)
         return out[0].transpose(1, 2).float().numpy()  # (S, M, C)
 
     def _decoder(self, step: Callable[[], None]):

@@ -1,4 +1,4 @@
-"""steadyvoice enhance INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--device auto|cpu|cuda|cuda:N|mps] [--backend torch|onnx] [--jobs N] [--format EXT] [--overwrite]
+"""steadyvoice enhance INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--device auto|cpu|cuda|cuda:N|mps] [--backend torch|onnx] [--precision float32|bfloat16] [--jobs N] [--format EXT] [--overwrite]
 
 INPUT is any mix of audio files, directories (searched recursively for audio files) and list files
 (.scp / .txt: one entry per line, the first column a path, or the whole line if it names an existing
@@ -40,7 +40,7 @@ from pathlib import Path
 from steadyvoice.audio import OUTPUT_FORMATS
 from steadyvoice.batch import Job, check_output_dir, collect_jobs
 from steadyvoice.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from steadyvoice.cli.progress import error, positive_int, process_jobs, say, summary
+from steadyvoice.cli.progress import add_precision_argument, error, positive_int, process_jobs, say, summary
 from steadyvoice.devices import DEVICE_HELP, choose_device
 from steadyvoice.errors import Problem, SteadyVoiceError
 
@@ -70,6 +70,7 @@ def register(subparsers) -> None:
                    help="run the network in torch (default) or in onnxruntime on the CPU from the model's ONNX "
                         "graph, exported once on first use (pip install 'steadyvoice[onnx]'); "
                         "--device auto then means cpu")
+    add_precision_argument(p)
     p.add_argument("-j", "--jobs", type=positive_int, default=1, metavar="N",
                    help="files processed at once, on N threads sharing the model and the CPU cores (default 1)")
     p.add_argument("--format", choices=OUTPUT_FORMATS, metavar="EXT",
@@ -200,7 +201,8 @@ def _load_enhancer(args):
     name_or_dir = args.checkpoint or args.model or DEFAULT_MODEL
     try:
         choice = choose_device("cpu" if args.backend == "onnx" and args.device == "auto" else args.device)
-        enhancer = Enhancer.from_pretrained(name_or_dir, device=choice.device, backend=args.backend, on_export=say)
+        enhancer = Enhancer.from_pretrained(name_or_dir, device=choice.device, backend=args.backend, on_export=say,
+                                            precision=args.precision)
     except SteadyVoiceError as exc:
         error(exc)
         return None

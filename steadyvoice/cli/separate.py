@@ -1,4 +1,4 @@
-"""steadyvoice separate INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--speakers K] [--device auto|cpu|cuda|cuda:N|mps] [--overwrite]
+"""steadyvoice separate INPUT... -o OUTDIR [--model NAME | --checkpoint DIR] [--speakers K] [--device auto|cpu|cuda|cuda:N|mps] [--precision float32|bfloat16] [--overwrite]
 
 Splits each recording into one file per talker: OUTDIR/<relative path>/<stem>_s1.<ext>, <stem>_s2.<ext>,
 ... with the input's container, subtype, sample rate, channel count and length. INPUT is any mix of audio
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from steadyvoice.batch import Job, check_output_dir, expand_inputs
 from steadyvoice.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from steadyvoice.cli.progress import error, positive_int, process_jobs, say, summary
+from steadyvoice.cli.progress import add_precision_argument, error, positive_int, process_jobs, say, summary
 from steadyvoice.devices import DEVICE_HELP, choose_device
 from steadyvoice.errors import Problem, SteadyVoiceError
 
@@ -44,6 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--speakers", type=int, metavar="K",
                    help="talkers expected; a model that separates another number is refused")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_precision_argument(p)
     p.add_argument("-j", "--jobs", type=positive_int, default=1, metavar="N",
                    help="recordings processed at once, on N threads sharing the model and the CPU cores (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo recordings whose outputs already exist")
@@ -86,7 +87,8 @@ def _load_separator(args):
         return None
     try:
         choice = choose_device(args.device)
-        separator = Separator.from_pretrained(name_or_dir, device=choice.device, speakers=args.speakers)
+        separator = Separator.from_pretrained(name_or_dir, device=choice.device, speakers=args.speakers,
+                                              precision=args.precision)
     except SteadyVoiceError as exc:
         error(exc)
         return None

@@ -1,7 +1,8 @@
 """Each architecture's whole inference path, for one pass over a waveform at the model's sample rate.
 
-    enhancement:  fn(model, wave (B, N), cfg) -> enhanced (B, N)
-    separation:   fn(model, wave (B, N), cfg, *, decode=None, levels="input") -> sources (B, S, N)
+    enhancement:  fn(model, wave (B, N), cfg, *, autocast=None) -> enhanced (B, N)
+                  (autocast: a context such as torch.autocast(...), entered around the network only)
+    separation:   fn(model, wave (B, N), cfg, *, decode=None, levels="input", autocast=None) -> sources (B, S, N)
                   (decode: how the network covers a long input, see steadyvoice.separation)
 
 A pipeline does everything between the raw waveform and the network and back (front end, STFT, masks,

@@ -26,6 +26,8 @@ window normalised on its own); their decoder would run up to 120 s in one pass, 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -68,8 +70,10 @@ def padded_length(n: int, cfg: FRCRNConfig) -> int:
     return max(length, whole_frames)
 
 
-def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: FRCRNConfig | None = None) -> torch.Tensor:
-    """wave (B, N) at the model's rate -> enhanced (B, N): normalise, pad, network, cut, rescale."""
+def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: FRCRNConfig | None = None, *,
+                     autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """wave (B, N) at the model's rate -> enhanced (B, N): normalise, pad, network (inside ``autocast``, if
+    given), cut, rescale."""
     cfg = cfg or model.cfg
     if not isinstance(wave, torch.Tensor) or wave.dim() != 2 or not wave.is_floating_point():
         shape = tuple(wave.shape) if isinstance(wave, torch.Tensor) else type(wave).__name__
@@ -77,5 +81,6 @@ def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: FRCRNConfi
     n = wave.shape[-1]
     normed, scalar = audio_norm(wave)  # (B, N), (B, 1)
     x = F.pad(normed, (0, padded_length(n, cfg) - n))  # (B, L)
-    _, enhanced, _ = model(x)  # (B, >= N)
-    return (enhanced[:, :n] * scalar).to(wave.dtype)  # (B, N)
+    with autocast or contextlib.nullcontext():
+        _, enhanced, _ = model(x)  # (B, >= N)
+    return (enhanced[:, :n].to(wave.dtype) * scalar).to(wave.dtype)  # (B, N)

@@ -16,6 +16,7 @@ differentiable there. While the core's weights are frozen its pass runs without 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -77,16 +78,23 @@ def _log_bands(spec: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     return torch.log10(energy + LOG_FLOOR)
 
 
-def one_pass(model, wave: torch.Tensor, cfg: FullBandConfig | None = None, *, core_pass=None) -> FullBandPass:
+def one_pass(model, wave: torch.Tensor, cfg: FullBandConfig | None = None, *, core_pass=None,
+             autocast: contextlib.AbstractContextManager | None = None) -> FullBandPass:
     """wave (B, N) at cfg.sample_rate -> gains, the upper part's spectrum, the low band and the output.
 
     ``core_pass(core, wave (B, n), core_cfg) -> (B, n)`` runs the core (default: steadyvoice.features, the
-    MossFormer2-SE path; the ONNX backend passes its graph's)."""
+    MossFormer2-SE path; the ONNX backend passes its graph's). ``autocast`` is entered around the core's
+    network (nearly all of the work) through that default path; the upper-band gains stay in the input's
+    precision."""
     from steadyvoice.distributed import unwrap_model
     from steadyvoice.features import enhance_waveform
 
     net, model = model, unwrap_model(model)  # the call goes through ``net`` (DDP in training)
     cfg = cfg or model.cfg
+    if autocast is not None:
+        if core_pass is not None:
+            raise ValueError("one_pass: autocast applies to the default core pass only, not to a given core_pass")
+        core_pass = functools.partial(enhance_waveform, autocast=autocast)
     core_pass = core_pass or enhance_waveform
     n, core_rate = wave.shape[-1], cfg.core.sample_rate
     if n < cfg.win_length:  # shorter than one upper-band window: zero-padded to one, cut back
@@ -110,6 +118,7 @@ def one_pass(model, wave: torch.Tensor, cfg: FullBandConfig | None = None, *, co
     return FullBandPass(gains, upper_spec, low, low + high)
 
 
-def enhance_waveform(model, wave: torch.Tensor, cfg: FullBandConfig | None = None, *, core_pass=None) -> torch.Tensor:
+def enhance_waveform(model, wave: torch.Tensor, cfg: FullBandConfig | None = None, *, core_pass=None,
+                     autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
     """wave (B, N) at the model's rate -> enhanced (B, N)."""
-    return one_pass(model, wave, cfg, core_pass=core_pass).enhanced
+    return one_pass(model, wave, cfg, core_pass=core_pass, autocast=autocast).enhanced

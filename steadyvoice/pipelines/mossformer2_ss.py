@@ -30,6 +30,7 @@ window; the levels are still set once, over the whole signal (their segmented de
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -50,11 +51,13 @@ Decode = Callable[[Passes, torch.Tensor], torch.Tensor]
 
 
 def separate_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: Any, *, decode: Decode | None = None,
-                      levels: str = "input") -> torch.Tensor:
+                      levels: str = "input", autocast: contextlib.AbstractContextManager | None = None
+                      ) -> torch.Tensor:
     """Mixtures (B, N) -> talkers (B, S, N); or recordings (B, C, N) -> (B, S, C, N).
 
     ``decode`` replaces the single network pass (see the module docstring); without it, one pass over the
-    whole input (each channel on its own; channel alignment is the caller's ``decode``'s job).
+    whole input (each channel on its own; channel alignment is the caller's ``decode``'s job). ``autocast``,
+    if given, is entered around each network pass only (normalisation and levels stay in the input's dtype).
     """
     if levels not in LEVELS:
         raise ValueError(f"levels must be one of {', '.join(LEVELS)}, got {levels!r}")
@@ -63,7 +66,9 @@ def separate_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: Any, *, d
     normed, _ = audio_norm(wave)  # (B, [C,] N)
 
     def passes(x: torch.Tensor) -> torch.Tensor:
-        return network_pass(model, x, cfg)
+        with autocast or contextlib.nullcontext():
+            raw = network_pass(model, x, cfg)  # (b, S, L)
+        return raw.to(x.dtype)
 
     raw = (decode or _one_pass)(passes, normed)  # (B, S, [C,] L)
     reference = wave if levels == "input" else normed

@@ -11,6 +11,8 @@ epsilon in the factor).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from steadyvoice.models.mossformer_gan import MossFormerGANConfig
@@ -68,8 +70,10 @@ def pad_to_hops(wave: torch.Tensor, cfg: MossFormerGANConfig) -> torch.Tensor:
     return wave.repeat(1, -(-L // N))[:, :L]  # x, then x[:L - N] (x again and again for very short inputs)
 
 
-def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: MossFormerGANConfig) -> torch.Tensor:
-    """One pass of the generator over (B, N) samples at cfg.sample_rate -> enhanced (B, N).
+def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: MossFormerGANConfig, *,
+                     autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """One pass of the generator over (B, N) samples at cfg.sample_rate -> enhanced (B, N); ``autocast``, if
+    given, is entered around the generator only.
 
     An all-zero row (their c would be infinite and their output NaN) comes back as zeros.
     """
@@ -80,6 +84,8 @@ def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: MossFormer
     c = normalisation_factor(torch.where(silent, torch.ones_like(wave), wave))  # (B, 1)
     x = pad_to_hops(wave, cfg) * c  # (B, L)
     spec = compress(stft(x, cfg), cfg.compress_power)  # (B, 2, T, F)
-    est_real, est_imag = model(spec)  # (B, 1, T, F) each
+    with autocast or contextlib.nullcontext():
+        est_real, est_imag = model(spec)  # (B, 1, T, F) each
+    est_real, est_imag = est_real.to(spec.dtype), est_imag.to(spec.dtype)
     out = istft(decompress(est_real, est_imag, cfg.compress_power), cfg) / c  # (B, L)
     return out[:, :N].masked_fill(silent, 0.0)  # (B, N)
