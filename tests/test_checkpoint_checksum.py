@@ -93,6 +93,25 @@ def test_a_flipped_byte_in_any_file_is_reported(saved, tmp_path, name, where):
         load_checkpoint(step_dir)  # the loader checks the bytes it parses, not only verify
 
 
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_a_file_read_in_many_chunks_is_checksummed_whole(saved, tmp_path, monkeypatch, where):
+    """The loader checksums each chunk on a second thread while it reads the next: with chunks of 7 bytes
+    (files of 100 chunks and more) the load still gives the saved state, and a flipped byte anywhere is caught."""
+    import steadyvoice.checkpoint.format as fmt
+
+    monkeypatch.setattr(fmt, "READ_CHUNK", 7)
+    step_dir, expected = saved
+    assert (step_dir / "model.safetensors").stat().st_size > 100 * fmt.READ_CHUNK  # 736 bytes
+    seed_all(99)
+    fresh = ToyTrainer(seed=7)
+    assert Checkpointer(step_dir.parent.parent, SYNC).restore(fresh.parts)
+    assert_same_state(fresh.state_dict(), expected)
+    damaged = _copy(step_dir, tmp_path)
+    _flip(damaged / "model.safetensors", where)
+    with pytest.raises(CorruptCheckpointError, match="model.safetensors: XXH3-128 checksum mismatch"):
+        load_checkpoint(damaged)
+
+
 def test_a_manifest_naming_an_unknown_algorithm_is_a_clear_error(saved, tmp_path, capsys):
     step_dir = _copy(saved[0], tmp_path)
     _rewrite_manifest(step_dir, lambda m: m["files"]["model.safetensors"].update(algorithm="md5"))
