@@ -56,3 +56,12 @@ def test_families_worker_runs_enhancer_and_separator(family, windows):
     assert result["weights_mb"] == pytest.approx(sum(t.nbytes for t in model.state_dict().values()) / 2**20)
     assert result["windows"] == windows and result["threads"] == 1 and result["seconds"] == 1.5
     assert result["weights"].startswith("trained" if family == "default" else "random")
+
+
+def test_bfloat16_method_reports_its_distance_from_float32():
+    proc = subprocess.run([sys.executable, str(BENCH / "enhance.py"), "--worker", "mossformer2-se-16k-small", "1.5",
+                           "enhancer-bf16", "--repeat", "1", "--threads", "1"], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["method"] == "enhancer-bf16" and 30.0 < result["diff_db"] < 100.0
