@@ -363,6 +363,21 @@ def progress_steps(progress: ProgressCallback | None, total: int) -> Callable[[]
 # ---------------------------------------------------------------------------------------------------
 
 
+def precision_note(precision: str, device: torch.device) -> str | None:
+    """One line for the commands about a half precision on the CPU: whether this CPU computes bfloat16
+    natively (else it is slower than float32); None for float32 and other devices."""
+    if precision == "float32" or device.type != "cpu":
+        return None
+    try:  # oneDNN's own check (AVX512-BF16 or AMX); private, hence the fallback
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return f"precision: {precision}"
+    if native:
+        return f"precision: {precision} (this CPU computes bfloat16 natively)"
+    return (f"precision: {precision}; this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it is emulated and "
+            "slower than float32")
+
+
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of PRECISIONS, else a ConfigError listing them."""
     if precision not in PRECISIONS:

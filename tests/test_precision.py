@@ -146,6 +146,7 @@ def test_cli_precision_flag(model_dir, tmp_path, capsys):
     assert main(["enhance", str(src), "-o", str(tmp_path / "f32"), "--checkpoint", str(model_dir)]) == 0
     assert main(["enhance", str(src), "-o", str(tmp_path / "bf16"), "--checkpoint", str(model_dir),
                  "--precision", "bfloat16"]) == 0
+    assert "precision: bfloat16" in capsys.readouterr().err
     reference, _ = sf.read(tmp_path / "f32" / "in.wav", dtype="float32")
     fast, _ = sf.read(tmp_path / "bf16" / "in.wav", dtype="float32")
     assert fast.shape == reference.shape and 15.0 < diff_db(reference, fast) < float("inf")
@@ -153,3 +154,16 @@ def test_cli_precision_flag(model_dir, tmp_path, capsys):
         main(["enhance", str(src), "-o", str(tmp_path / "x"), "--checkpoint", str(model_dir), "--precision", "half"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
+def test_precision_note_says_whether_the_cpu_has_native_bfloat16(monkeypatch):
+    from steadyvoice.inference import precision_note
+
+    cpu = torch.device("cpu")
+    assert precision_note("float32", cpu) is None
+    assert precision_note("bfloat16", torch.device("cuda", 0)) is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert precision_note("bfloat16", cpu) == "precision: bfloat16 (this CPU computes bfloat16 natively)"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert "no native bfloat16 (AVX512-BF16 or AMX), so it is emulated and slower than float32" in \
+        precision_note("bfloat16", cpu)

@@ -196,7 +196,7 @@ def _copy_to_stdout(path: Path) -> int:
 
 def _load_enhancer(args):
     """The Enhancer asked for, or None after printing what to pass instead."""
-    from steadyvoice.inference import DEFAULT_MODEL, Enhancer
+    from steadyvoice.inference import DEFAULT_MODEL, Enhancer, precision_note
 
     name_or_dir = args.checkpoint or args.model or DEFAULT_MODEL
     try:
@@ -207,4 +207,7 @@ def _load_enhancer(args):
         error(exc)
         return None
     say(f"device: {choice}")
+    note = precision_note(args.precision, enhancer.device)
+    if note:
+        say(note)
     return enhancer

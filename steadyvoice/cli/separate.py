@@ -79,6 +79,7 @@ def run(args) -> int:
 
 def _load_separator(args):
     """The Separator asked for, or None after printing what to pass instead."""
+    from steadyvoice.inference import precision_note
     from steadyvoice.separation import DEFAULT_SEPARATION_MODEL, Separator
 
     name_or_dir = args.checkpoint or args.model or DEFAULT_SEPARATION_MODEL
@@ -93,6 +94,9 @@ def _load_separator(args):
         error(exc)
         return None
     say(f"device: {choice}")
+    note = precision_note(args.precision, separator.device)
+    if note:
+        say(note)
     return separator
 
 
