@@ -378,6 +378,12 @@ def precision_note(precision: str, device: torch.device) -> str | None:
             "slower than float32")
 
 
+def network_autocast(precision: str, device: torch.device) -> torch.autocast | None:
+    """The context the pipelines enter around the network for ``precision`` on ``device`` (None: float32)."""
+    dtype = PRECISIONS[precision]
+    return None if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of PRECISIONS, else a ConfigError listing them."""
     if precision not in PRECISIONS:
@@ -563,11 +569,11 @@ class Enhancer:
     def _one_pass(self, wave: np.ndarray) -> np.ndarray:
         """One model pass over (M,) samples at the model's rate -> (M,)."""
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(self.device)[None]  # (1, M)
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
+        autocast = network_autocast(self.precision, self.device)
+        if autocast is None:  # float32; the onnx backend's pass takes no autocast
             y = self._pass(self.model, x, self.cfg)  # (1, M)
         else:
-            y = self._pass(self.model, x, self.cfg, autocast=torch.autocast(self.device.type, dtype=dtype))
+            y = self._pass(self.model, x, self.cfg, autocast=autocast)
         return y[0].float().cpu().numpy()
 
     # -- files ----------------------------------------------------------------------------------------

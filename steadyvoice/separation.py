@@ -42,9 +42,9 @@ from steadyvoice import audio as audio_io
 from steadyvoice.errors import AudioError, ModelError
 from steadyvoice import catalog
 from steadyvoice.devices import resolve_device
-from steadyvoice.inference import (MAX_CHANNELS, PRECISIONS, ProgressCallback, _as_frames_by_channels,
-                                   _check_model_dir, _check_sample_rate, _model_dir_for, check_precision,
-                                   crossfade_weights, pass_count, plan_windows, progress_steps)
+from steadyvoice.inference import (MAX_CHANNELS, ProgressCallback, _as_frames_by_channels, _check_model_dir,
+                                   _check_sample_rate, _model_dir_for, check_precision, crossfade_weights,
+                                   network_autocast, pass_count, plan_windows, progress_steps)
 
 __all__ = ["Separator", "best_permutation", "talker_paths", "DEFAULT_SEPARATION_MODEL"]
 
@@ -185,10 +185,8 @@ class Separator:
         """(M, C) at the model's rate -> (S, M, C). Levels are set over the whole signal; the network runs
         on the device, one channel and one window at a time."""
         x = torch.from_numpy(np.ascontiguousarray(wave.T, dtype=np.float32))[None]  # (1, C, M)
-        dtype = PRECISIONS[self.precision]
-        autocast = None if dtype is None else torch.autocast(self.device.type, dtype=dtype)
         out = self._pass(self.model, x, self.cfg, decode=self._decoder(step), levels=self.levels,
-                         autocast=autocast)  # (1, S, C, M)
+                         autocast=network_autocast(self.precision, self.device))  # (1, S, C, M)
         return out[0].transpose(1, 2).float().numpy()  # (S, M, C)
 
     def _decoder(self, step: Callable[[], None]):
