@@ -329,8 +329,10 @@ def run_case(config: str, seconds: float, method: str, repeat: int) -> dict:
     increase = _high_water_mb() - rss_before
     diff_db = None
     if method == "enhancer-bf16":  # how far below the float32 output the difference lies (untimed)
+        from steadyvoice.data.mixing import snr_db
+
         reference = _method("enhancer", model, cfg)[0](wave).astype(np.float64)
-        diff_db = float(10 * np.log10(np.sum(reference**2) / max(np.sum((out - reference) ** 2), 1e-30)))
+        diff_db = snr_db(reference, out - reference)
     flops = _count_flops(run, wave)  # matrix products and convolutions of one run (elementwise work not counted)
     matmul = _matmul_flops_per_second()
     return {"flops": flops, "matmul_flops_per_s": matmul, "matmul_fraction": flops / cpu / matmul, "diff_db": diff_db,

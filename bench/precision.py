@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from quality import test_files  # noqa: E402  (the same test split as the quality benchmark)
 
+from steadyvoice.data.mixing import snr_db  # noqa: E402
 from steadyvoice.eval.metrics import pesq_wb, si_sdr, stoi  # noqa: E402
 from steadyvoice.inference import Enhancer  # noqa: E402
 
@@ -82,8 +83,8 @@ def measure(model: str, files: list[dict]) -> dict:
             cpu[p] += time.process_time() - start
             scores[p].append({"pesq_wb": pesq_wb(outputs[p], clean, rate), "stoi": stoi(outputs[p], clean, rate),
                               "si_sdr": si_sdr(outputs[p], clean)})
-        reference, other = outputs["float32"].astype(np.float64), outputs["bfloat16"].astype(np.float64)
-        diffs.append(10 * np.log10(np.sum(reference**2) / max(np.sum((other - reference) ** 2), 1e-30)))
+        reference = outputs["float32"].astype(np.float64)
+        diffs.append(snr_db(reference, outputs["bfloat16"] - reference))
     means = {p: {k: float(np.nanmean([s[k] for s in scores[p]])) for k in scores[p][0]} for p in PRECISIONS}
     row = {"model": model, "files": len(files), "diff_db_median": float(np.median(diffs)),
            "diff_db_worst": float(np.min(diffs)), "cpu_s": cpu, "cpu_ratio": cpu["bfloat16"] / cpu["float32"],
