@@ -1,4 +1,4 @@
-"""The checksums of checkpoint files: which algorithms exist, computing one over bytes or a file.
+"""The checksums of checkpoint files: which algorithms exist, a hasher for one, the checksum of a file.
 
 Every file a checkpoint manifest lists carries the name of its algorithm (format version 3) or is
 implicitly SHA-256 (versions 1 and 2). New checkpoints use XXH3-128 (the ``xxhash`` package): measured
@@ -39,13 +39,6 @@ class Hasher(Protocol):
 def new_hasher(algorithm: str) -> Hasher:
     """A fresh hasher; ``algorithm`` must be one of :data:`ALGORITHMS` (the manifest reader checks)."""
     return _FACTORIES[algorithm]()
-
-
-def checksum(data, algorithm: str) -> str:
-    """Hex checksum of a bytes-like object (both libraries release the GIL on large inputs)."""
-    h = new_hasher(algorithm)
-    h.update(data)
-    return h.hexdigest()
 
 
 def checksum_file(path: Path, algorithm: str) -> str:

@@ -83,4 +83,4 @@ def enhance_waveform(model: torch.nn.Module, wave: torch.Tensor, cfg: FRCRNConfi
     x = F.pad(normed, (0, padded_length(n, cfg) - n))  # (B, L)
     with autocast or contextlib.nullcontext():
         _, enhanced, _ = model(x)  # (B, >= N)
-    return (enhanced[:, :n].to(wave.dtype) * scalar).to(wave.dtype)  # (B, N)
+    return (enhanced[:, :n] * scalar).to(wave.dtype)  # (B, N)
